@@ -1,0 +1,16 @@
+"""Expert backends, one folder each, behind one interface (see base.py)."""
+from __future__ import annotations
+
+from edgemoe.backends.base import ExpertBackend
+from edgemoe.errors import ConfigError
+
+
+def get_backend(name: str, **kw) -> ExpertBackend:
+    """Instantiate an expert backend by name: 'ort' (default) or 'reference'."""
+    if name == "ort":
+        from edgemoe.backends.ort.backend import OrtBackend
+        return OrtBackend(**kw)
+    if name == "reference":
+        from edgemoe.backends.reference.backend import ReferenceBackend
+        return ReferenceBackend(**kw)
+    raise ConfigError(f"unknown backend {name!r}; available: ort, reference")

@@ -1,0 +1,1 @@
+"""Small text corpora that Debian packages ship, turned into plain text (no torch)."""

@@ -1,0 +1,157 @@
+"""ONNX graphs of the dense parts: embedding, one graph per decoder layer, final norm + LM head.
+
+Built directly from numpy weights with onnx.helper (no torch tracing), mirroring the Hugging Face
+math of each family as normalised in MoEArch. Batch is 1; T new tokens, P past tokens, S = P + T.
+
+Layer graph I/O (names are the contract with the runtime, see LAYER_INPUTS / LAYER_OUTPUTS):
+  in : hidden [T, H], cos [T, R], sin [T, R] (R = rotary dim, HF's cat(freqs, freqs) form),
+       mask [T, S] additive float (0 or a large negative), past_k / past_v [KVH, P, D]
+  out: MoE layer   -> residual [T, H] (h + shared expert), moe_in [T, H], router_logits [T, E]
+       dense layer -> hidden_out [T, H]
+       both        -> present_k / present_v [KVH, S, D]
+The runtime finishes a MoE layer as ``residual + residual_multiplier * sum_e w_e * expert_e(moe_in)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from edgemoe.arch import MoEArch
+from edgemoe.package.graph_io import LAYER_INPUTS, MOE_OUTPUTS, DENSE_OUTPUTS  # noqa: F401
+from edgemoe.package.onnx_util import GraphBuilder
+
+F = TensorProto.FLOAT
+
+
+def _i64(*v):
+    return np.array(v, dtype=np.int64)
+
+
+def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarray | None) -> str:
+    """RMSNorm (fp32 variance, as HF) or LayerNorm with bias, over the last axis."""
+    eps = b.const(np.float32(arch.norm_eps))
+    if arch.norm == "layer":
+        bias = np.zeros_like(w) if bias is None else bias
+        return b.op("LayerNormalization", x, b.const(w), b.const(bias), axis=-1,
+                    epsilon=float(arch.norm_eps))
+    var = b.op("ReduceMean", b.op("Mul", x, x), axes=[-1], keepdims=1)
+    y = b.op("Div", x, b.op("Sqrt", b.op("Add", var, eps)))
+    return b.op("Mul", y, b.const(w))
+
+
+def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = None) -> str:
+    """x [..., K] @ w[N, K]^T (+ bias) -> [..., N]; weight stored transposed once, as [K, N]."""
+    y = b.op("MatMul", x, b.const(np.ascontiguousarray(w.T)))
+    return y if bias is None else b.op("Add", y, b.const(bias))
+
+
+def _swiglu(b: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> str:
+    g = _linear(b, x, gate)
+    return _linear(b, b.op("Mul", b.op("Mul", g, b.op("Sigmoid", g)), _linear(b, x, up)), down)
+
+
+def _rope(b: GraphBuilder, x: str, arch: MoEArch) -> str:
+    """x [heads, T, D] -> x*cos + rotate_half(x)*sin on the first R dims of D."""
+    r, d = arch.rope_dim, arch.head_dim
+    rot, rest = (x, None) if r == d else b.op("Split", x, b.const(_i64(r, d - r)), axis=-1, n_out=2)
+    x1, x2 = b.op("Split", rot, b.const(_i64(r // 2, r // 2)), axis=-1, n_out=2)
+    rotated = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
+    y = b.op("Add", b.op("Mul", rot, "cos"), b.op("Mul", rotated, "sin"))
+    return y if rest is None else b.op("Concat", y, rest, axis=-1)
+
+
+def _heads(b: GraphBuilder, x: str, n: int, d: int) -> str:
+    """[T, n*d] -> [n, T, d]"""
+    return b.op("Transpose", b.op("Reshape", x, b.const(_i64(0, n, d))), perm=[1, 0, 2])
+
+
+def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict) -> str:
+    nh, kvh, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
+    g = nh // kvh
+    q = _linear(b, x, w["q"], w.get("q_bias"))
+    k = _linear(b, x, w["k"], w.get("k_bias"))
+    v = _linear(b, x, w["v"], w.get("v_bias"))
+    if arch.qk_norm == "full":          # OLMoE: RMSNorm over the whole projection, then clip
+        q = _norm(b, q, arch, w["q_norm"], None)
+        k = _norm(b, k, arch, w["k_norm"], None)
+    if arch.clip_qkv:
+        lo, hi = b.const(np.float32(-arch.clip_qkv)), b.const(np.float32(arch.clip_qkv))
+        q, k, v = (b.op("Clip", t, lo, hi) for t in (q, k, v))
+    q, k, v = _heads(b, q, nh, d), _heads(b, k, kvh, d), _heads(b, v, kvh, d)
+    if arch.qk_norm == "per_head":      # Qwen3: RMSNorm over head_dim
+        q = _norm(b, q, arch, w["q_norm"], None)
+        k = _norm(b, k, arch, w["k_norm"], None)
+    q, k = _rope(b, q, arch), _rope(b, k, arch)
+    k_all = b.op("Concat", "past_k", k, axis=1)                          # [KVH, S, D]
+    v_all = b.op("Concat", "past_v", v, axis=1)
+    b.output(k_all, "present_k", F, [kvh, "S", d])
+    b.output(v_all, "present_v", F, [kvh, "S", d])
+    # grouped-query attention without repeating K/V: q [NH, T, D] -> [KVH, G*T, D]
+    qg = b.op("Reshape", q, b.const(_i64(kvh, -1, d)))
+    scores = b.op("MatMul", qg, b.op("Transpose", k_all, perm=[0, 2, 1]))   # [KVH, G*T, S]
+    scores = b.op("Mul", scores, b.const(np.float32(arch.scale)))
+    mask = b.op("Tile", "mask", b.const(_i64(g, 1))) if g > 1 else "mask"   # rows j*T + t
+    probs = b.op("Softmax", b.op("Add", scores, mask), axis=-1)
+    ctx = b.op("MatMul", probs, v_all)                                      # [KVH, G*T, D]
+    ctx = b.op("Transpose", b.op("Reshape", ctx, b.const(_i64(nh, -1, d))), perm=[1, 0, 2])
+    ctx = b.op("Reshape", ctx, b.const(_i64(0, nh * d)))                    # [T, NH*D]
+    return _linear(b, ctx, w["o"], w.get("o_bias"))
+
+
+def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The decoder layer ``index`` as an ONNX model (weights as initializers; saved as external data).
+
+    ``w`` holds canonical roles: attn_norm(.bias), q, k, v, o (+ *_bias), q_norm, k_norm, mlp_norm(.bias),
+    then router (+ shared_gate, shared_up, shared_down, shared_expert_gate) for a MoE layer, or
+    mlp_gate, mlp_up, mlp_down for a dense one.
+    """
+    H, kvh, d = arch.hidden_size, arch.num_kv_heads, arch.head_dim
+    b = GraphBuilder(f"layer{index:03d}")
+    b.input("hidden", F, ["T", H])
+    b.input("cos", F, ["T", arch.rope_dim])
+    b.input("sin", F, ["T", arch.rope_dim])
+    b.input("mask", F, ["T", "S"])
+    b.input("past_k", F, [kvh, "P", d])
+    b.input("past_v", F, [kvh, "P", d])
+    rm = b.const(np.float32(arch.residual_multiplier))
+    x = _norm(b, "hidden", arch, w["attn_norm"], w.get("attn_norm.bias"))
+    h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w), rm))
+    x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
+    if arch.is_moe_layer(index):
+        b.output(x2, "moe_in", F, ["T", H])
+        b.output(_linear(b, x2, w["router"]), "router_logits", F, ["T", arch.num_experts])
+        residual = h
+        if arch.shared_intermediate_size:
+            s = _swiglu(b, x2, w["shared_gate"], w["shared_up"], w["shared_down"])
+            if arch.shared_expert_gate:
+                s = b.op("Mul", b.op("Sigmoid", _linear(b, x2, w["shared_expert_gate"])), s)
+            residual = b.op("Add", h, b.op("Mul", s, rm))
+        b.output(residual, "residual", F, ["T", H])
+    else:
+        mlp = _swiglu(b, x2, w["mlp_gate"], w["mlp_up"], w["mlp_down"])
+        b.output(b.op("Add", h, b.op("Mul", mlp, rm)), "hidden_out", F, ["T", H])
+    return b.model()
+
+
+def embed_graph(arch: MoEArch, embed: np.ndarray) -> onnx.ModelProto:
+    """ids [T] int64 -> hidden [T, H] (times embedding_multiplier)."""
+    b = GraphBuilder("embed")
+    b.input("ids", TensorProto.INT64, ["T"])
+    h = b.op("Gather", b.const(embed), "ids", axis=0)
+    if arch.embedding_multiplier != 1.0:
+        h = b.op("Mul", h, b.const(np.float32(arch.embedding_multiplier)))
+    b.output(h, "hidden", F, ["T", arch.hidden_size])
+    return b.model()
+
+
+def head_graph(arch: MoEArch, w: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """hidden [T, H] -> final norm -> logits [T, V] (+ bias, / logits_scaling)."""
+    b = GraphBuilder("head")
+    b.input("hidden", F, ["T", arch.hidden_size])
+    x = _norm(b, "hidden", arch, w["final_norm"], w.get("final_norm.bias"))
+    logits = _linear(b, x, w["lm_head"], w.get("lm_head.bias"))
+    if arch.logits_scaling != 1.0:
+        logits = b.op("Div", logits, b.const(np.float32(arch.logits_scaling)))
+    b.output(logits, "logits", F, ["T", arch.vocab_size])
+    return b.model()

@@ -1,0 +1,169 @@
+"""`edgemoe export`: a Hugging Face MoE checkpoint -> an .edgemoe package, streamed layer by layer.
+
+Flow: Checkpoint (index only) -> family adapter -> MoEArch -> weight map resolved for every tensor
+(fails before anything is written if a tensor is missing or left over) -> per layer: read its dense
+weights, write its ONNX graph, then quantize its experts one at a time into the layer's record file
+and write one small graph per expert and level -> manifest written last -> staged folder renamed.
+At most one layer of source weights is in memory at a time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgemoe import __version__
+from edgemoe.arch import MoEArch
+from edgemoe.exporters.checkpoint import Checkpoint
+from edgemoe.exporters.dense_graphs import embed_graph, head_graph, layer_graph
+from edgemoe.exporters.families import adapter_for
+from edgemoe.exporters.weight_map import WeightMap
+from edgemoe.package import constants as C
+from edgemoe.package.expert_graph import expert_graph
+from edgemoe.package.writer import PackageWriter
+from edgemoe.quant.record import encode_record, record_layout
+from edgemoe.quant.spec import QuantSpec
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class ExportPlan:
+    """What an export will write, computed from the checkpoint's index without reading weights."""
+
+    source: Path
+    family: str
+    arch: MoEArch
+    quant: QuantSpec
+    files: list[tuple[str, int]] = field(default_factory=list)   # (path, approx bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(n for _, n in self.files)
+
+    def level_bytes(self, bits: int) -> int:
+        layout = record_layout(self.arch.expert_matrices(), self.quant)
+        return len(self.arch.moe_layers) * self.arch.num_experts * layout.prefix_length(bits)
+
+
+def _dense_bytes(arch: MoEArch, ckpt: Checkpoint, names: dict) -> int:
+    total = 0
+    for alts in names.values():
+        for n in alts:
+            if n in ckpt.tensors:
+                shape = ckpt.tensors[n].shape
+                c = 1
+                for d in shape:
+                    c *= d
+                total += 4 * c
+                break
+    return total
+
+
+def plan_export(src, quant: QuantSpec) -> tuple[ExportPlan, Checkpoint, WeightMap]:
+    """Index the checkpoint, pick its adapter and resolve every tensor (raising on any mismatch)."""
+    ckpt = Checkpoint(src)
+    adapter = adapter_for(ckpt.config)
+    arch = adapter.arch(ckpt.config)
+    wmap = WeightMap(ckpt, adapter, arch)
+    wmap.check_complete(wmap.planned_names())
+    plan = ExportPlan(Path(src), adapter.name, arch, quant)
+    layout = record_layout(arch.expert_matrices(), quant)
+    g = adapter.global_names(arch)
+    plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]})))
+    for i in range(arch.num_layers):
+        plan.files.append((C.layer_graph_path(i), _dense_bytes(arch, ckpt, adapter.layer_names(arch, i))))
+    head = {k: v for k, v in g.items() if k != "embed"}
+    plan.files.append((C.GRAPHS_DIR + "/head.onnx", _dense_bytes(arch, ckpt, head)
+                       or 4 * arch.vocab_size * arch.hidden_size))
+    for i in arch.moe_layers:
+        plan.files.append((f"{C.expert_dir(i)}/{C.RECORD_FILE}", arch.num_experts * layout.length))
+    if (Path(src) / C.TOKENIZER_FILE).exists():
+        plan.files.append((C.TOKENIZER_FILE, (Path(src) / C.TOKENIZER_FILE).stat().st_size))
+    return plan, ckpt, wmap
+
+
+def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
+           progress: Progress | None = None) -> Path:
+    """Export checkpoint folder ``src`` into package folder ``out``; returns ``out``.
+
+    Parameters
+    ----------
+    src : Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json)
+    out : package folder to create (written atomically via ``out.partial``)
+    quant : expert quantization; default matryoshka ladder (2, 4, 8), group 64
+    overwrite : replace an existing package at ``out``
+    progress : optional callback ``(stage, done, total)``
+    """
+    quant = quant or QuantSpec()
+    plan, ckpt, wmap = plan_export(src, quant)
+    arch, adapter = plan.arch, wmap.adapter
+    layout = record_layout(arch.expert_matrices(), quant)
+    total = arch.num_layers + 2
+    tick = progress or (lambda *_: None)
+    with PackageWriter(out, overwrite=overwrite) as w:
+        glob = wmap.global_weights()
+        w.write_onnx(C.GRAPHS_DIR + "/embed.onnx", embed_graph(arch, glob["embed"]))
+        tick("embed", 1, total)
+        layer_paths, expert_entries = [], []
+        for i in range(arch.num_layers):
+            lw = wmap.layer_weights(i)
+            layer_paths.append(C.layer_graph_path(i))
+            w.write_onnx(layer_paths[-1], layer_graph(arch, i, lw))
+            del lw
+            if arch.is_moe_layer(i):
+                expert_entries.append(_write_experts(w, wmap, arch, layout, quant, i))
+            tick(f"layer {i}", i + 2, total)
+        head = {k: v for k, v in glob.items() if k != "embed"}
+        w.write_onnx(C.GRAPHS_DIR + "/head.onnx", head_graph(arch, head))
+        del glob, head
+        wmap.check_complete()
+        tokenizer = None
+        tok_src = Path(src) / C.TOKENIZER_FILE
+        if tok_src.exists():
+            w.copy_file(C.TOKENIZER_FILE, tok_src)
+            tokenizer = {C.K_FILE: C.TOKENIZER_FILE, C.K_ADD_BOS: False}
+        manifest = {
+            C.K_FORMAT: C.FORMAT_NAME,
+            C.K_VERSION: C.FORMAT_VERSION,
+            C.K_PRODUCER: {"edgemoe": __version__, "adapter": adapter.name,
+                           "source": {"path": str(Path(src).resolve()),
+                                      "model_type": ckpt.config.get("model_type"),
+                                      "fingerprint_sha256": ckpt.fingerprint()},
+                           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+            C.K_ARCH: arch.to_dict(),
+            C.K_QUANT: quant.to_dict(),
+            C.K_TOKENIZER: tokenizer,
+            C.K_GRAPHS: {C.K_EMBED: C.GRAPHS_DIR + "/embed.onnx", C.K_HEAD: C.GRAPHS_DIR + "/head.onnx",
+                         C.K_LAYERS: layer_paths},
+            C.K_EXPERTS: expert_entries,
+        }
+        tick("manifest", total, total)
+        return w.commit(manifest)
+
+
+def _write_experts(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant: QuantSpec,
+                   i: int) -> dict:
+    """Quantize layer i's experts one by one into its record file; one graph per expert and level."""
+    d = C.expert_dir(i)
+    rec = w.record_file(f"{d}/{C.RECORD_FILE}")
+    records = []
+    try:
+        for e, mats in wmap.experts(i):
+            chunks, lay = encode_record(mats, quant)
+            assert lay == layout  # same shapes, same spec: a programming error otherwise
+            offset, hashes = rec.append(chunks)
+            levels = []
+            for bits, digest in zip(quant.ladder, hashes):
+                g = f"{d}/{C.expert_graph_name(e, bits)}"
+                w.write_onnx(g, expert_graph(layout, bits, C.RECORD_FILE, offset, arch.hidden_size,
+                                             arch.intermediate_size, name=f"L{i:03d}E{e:03d}k{bits}"),
+                             external_data=False)
+                levels.append({C.K_BITS: bits, C.K_SHA256: digest, C.K_GRAPH: g})
+            records.append({C.K_EXPERT: e, C.K_OFFSET: offset, C.K_LEVELS: levels})
+    finally:
+        rec.close()
+    return {C.K_LAYER: i, C.K_FILE: f"{d}/{C.RECORD_FILE}",
+            C.K_LEVELS: [{C.K_BITS: b, C.K_PREFIX: layout.prefix_length(b)} for b in quant.ladder],
+            C.K_RECORDS: records}

@@ -1,0 +1,28 @@
+"""Registry of family adapters: one file per family; add a family by adding a file and a line here."""
+from __future__ import annotations
+
+from edgemoe.errors import UnsupportedArchitectureError
+from edgemoe.exporters.families.base import FamilyAdapter
+from edgemoe.exporters.families.granitemoe import GraniteMoeAdapter
+from edgemoe.exporters.families.mixtral import MixtralAdapter
+from edgemoe.exporters.families.olmoe import OlmoeAdapter
+from edgemoe.exporters.families.phimoe import PhimoeAdapter
+from edgemoe.exporters.families.qwen2_moe import Qwen2MoeAdapter
+from edgemoe.exporters.families.qwen3_moe import Qwen3MoeAdapter
+
+ADAPTERS: tuple[FamilyAdapter, ...] = (MixtralAdapter(), Qwen2MoeAdapter(), Qwen3MoeAdapter(),
+                                       OlmoeAdapter(), PhimoeAdapter(), GraniteMoeAdapter())
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for(config: dict) -> FamilyAdapter:
+    """The adapter for a config.json's ``model_type``; a typed error listing the supported ones."""
+    model_type = config.get("model_type")
+    for a in ADAPTERS:
+        if model_type in a.model_types:
+            return a
+    raise UnsupportedArchitectureError(
+        f"model_type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}")

@@ -1,0 +1,142 @@
+"""Resolve a family's declarative weight map against a checkpoint, one layer at a time.
+
+Every tensor read is recorded; after the export, any tensor left over (or missing, or of the wrong
+shape) fails loudly, so a family adapter can never silently drop or invent weights.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+from edgemoe.arch import MoEArch
+from edgemoe.errors import CheckpointError
+from edgemoe.exporters.checkpoint import Checkpoint
+from edgemoe.exporters.families.base import FamilyAdapter
+
+
+def _alts(t) -> tuple[str, ...]:
+    return (t,) if isinstance(t, str) else tuple(t)
+
+
+class WeightMap:
+    def __init__(self, ckpt: Checkpoint, adapter: FamilyAdapter, arch: MoEArch):
+        self.ckpt, self.adapter, self.arch = ckpt, adapter, arch
+        self.used: set[str] = set()
+
+    # ---- primitives ----
+    def _find(self, role: str, alts: tuple[str, ...], required: bool = True) -> str | None:
+        for name in alts:
+            if name in self.ckpt.tensors:
+                return name
+        if required:
+            raise CheckpointError(f"weight map: tensor for role {role!r} is missing (looked for "
+                                  f"{', '.join(alts)}); the checkpoint does not match its "
+                                  f"model_type {self.arch.family!r}, or is incomplete")
+        return None
+
+    def _read(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        arr = self.ckpt.read(name)
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            raise CheckpointError(f"tensor {name} has shape {tuple(arr.shape)}, expected {tuple(shape)} "
+                                  f"from config.json; the config and weights disagree")
+        self.used.add(name)
+        return arr
+
+    def _expected(self, role: str) -> tuple[int, ...] | None:
+        a = self.arch
+        H, D, E = a.hidden_size, a.head_dim, a.num_experts
+        q, kv = a.num_heads * D, a.num_kv_heads * D
+        return {"embed": (a.vocab_size, H), "lm_head": (a.vocab_size, H), "final_norm": (H,),
+                "final_norm.bias": (H,), "lm_head.bias": (a.vocab_size,), "attn_norm": (H,),
+                "attn_norm.bias": (H,), "mlp_norm": (H,), "mlp_norm.bias": (H,),
+                "q": (q, H), "k": (kv, H), "v": (kv, H), "o": (H, q), "q_bias": (q,),
+                "k_bias": (kv,), "v_bias": (kv,), "o_bias": (H,),
+                "q_norm": (D,) if a.qk_norm == "per_head" else (q,),
+                "k_norm": (D,) if a.qk_norm == "per_head" else (kv,),
+                "router": (E, H), "shared_gate": (a.shared_intermediate_size, H),
+                "shared_up": (a.shared_intermediate_size, H),
+                "shared_down": (H, a.shared_intermediate_size), "shared_expert_gate": (1, H),
+                "mlp_gate": (a.dense_intermediate_size, H), "mlp_up": (a.dense_intermediate_size, H),
+                "mlp_down": (H, a.dense_intermediate_size)}.get(role)
+
+    def _read_roles(self, names: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
+        return {role: self._read(self._find(role, alts), self._expected(role))
+                for role, alts in names.items()}
+
+    # ---- public ----
+    def global_weights(self) -> dict[str, np.ndarray]:
+        """embed, final_norm(.bias), lm_head(.bias); a tied head reuses the embedding."""
+        names = self.adapter.global_names(self.arch)
+        lm = names.pop("lm_head")
+        w = self._read_roles(names)
+        name = self._find("lm_head", lm, required=not self.arch.tie_word_embeddings)
+        w["lm_head"] = self._read(name, self._expected("lm_head")) if name else w["embed"]
+        return w
+
+    def layer_weights(self, i: int) -> dict[str, np.ndarray]:
+        return self._read_roles(self.adapter.layer_names(self.arch, i))
+
+    def _expert_source(self, i: int) -> tuple[str, list]:
+        """("fused", [gate_up, down]) or ("per_expert", [(gate, up, down) for each expert])."""
+        t = self.adapter.expert_names(self.arch)
+        per, fused = t.get("per_expert") or {}, t.get("fused") or {}
+        if fused:
+            gu = self._find("experts.gate_up", tuple(n.format(i=i) for n in _alts(fused["gate_up"])),
+                            required=not per)
+            if gu is not None:
+                down = self._find("experts.down", tuple(n.format(i=i) for n in _alts(fused["down"])))
+                return "fused", [gu, down]
+        names = []
+        for e in range(self.arch.num_experts):
+            n = tuple(per[k].format(i=i, e=e) for k in ("gate", "up", "down"))
+            for role, name in zip(("gate", "up", "down"), n):
+                self._find(f"expert {e} {role}", (name,))
+            names.append(n)
+        return "per_expert", names
+
+    def planned_names(self) -> set[str]:
+        """Every tensor the export will read, resolved without reading any (to fail before writing)."""
+        a, names = self.arch, set()
+        roles = dict(self.adapter.global_names(a))
+        lm = roles.pop("lm_head")
+        for i in range(a.num_layers):
+            roles.update({f"{r}@{i}": alts for r, alts in self.adapter.layer_names(a, i).items()})
+        for role, alts in roles.items():
+            names.add(self._find(role.split("@")[0], alts))
+        head = self._find("lm_head", lm, required=not a.tie_word_embeddings)
+        if head:
+            names.add(head)
+        for i in a.moe_layers:
+            _, src = self._expert_source(i)
+            names.update(src if isinstance(src[0], str) else (n for trio in src for n in trio))
+        return names
+
+    def experts(self, i: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yield (e, {"gate_up": [2I, H], "down": [H, I]}) for every expert of MoE layer i."""
+        a = self.arch
+        H, I, E = a.hidden_size, a.intermediate_size, a.num_experts
+        kind, src = self._expert_source(i)
+        if kind == "fused":
+            gu, down = self._read(src[0], (E, 2 * I, H)), self._read(src[1], (E, H, I))
+            for e in range(E):
+                yield e, {"gate_up": gu[e], "down": down[e]}
+            return
+        for e, (gate, up, down) in enumerate(src):
+            yield e, {"gate_up": np.concatenate([self._read(gate, (I, H)), self._read(up, (I, H))]),
+                      "down": self._read(down, (H, I))}
+
+    def leftovers(self, used: set[str] | None = None) -> list[str]:
+        used = self.used if used is None else used
+        ignorable = re.compile("|".join(re.escape(s) for s in self.adapter.ignorable))
+        return sorted(n for n in self.ckpt.tensors if n not in used and not ignorable.search(n))
+
+    def check_complete(self, used: set[str] | None = None):
+        """Raise if any checkpoint tensor is not (to be) read: ``used`` defaults to what was read."""
+        left = self.leftovers(used)
+        if left:
+            raise CheckpointError(
+                f"{len(left)} tensor(s) in the checkpoint are not in the {self.adapter.name} weight map: "
+                f"{left[:6]}{' ...' if len(left) > 6 else ''}; the export would silently drop them. "
+                f"Is this really a {self.adapter.name} checkpoint, or does it need a new adapter?")

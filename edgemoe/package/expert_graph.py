@@ -1,0 +1,87 @@
+"""The per-expert ONNX graph at one level of the ladder, over the bytes of its bit-nested record.
+
+One graph file per expert and level (``experts/L003/E017.k4.onnx``): it holds no weights, only
+external-data references into the layer's record file, covering exactly the record prefix of that
+level, so stock onnxruntime loads and runs it standalone and reads only what the level needs.
+
+Math (matryoshka level k with planes 1..p, see ``edgemoe.quant``): per group of the input dim,
+``W_k = a_k * (c_k - 2^(k-1)) + b_k`` with ``c_k = sum_j 2^(k - level_j) * q_j``. So
+
+    y = sum_j MatMulNBits(x, plane_j, scales = a_k * 2^(k - level_j), zero_points = 0)
+        + groupsum(x) @ (b_k - a_k * 2^(k-1))^T
+
+and no full-precision weight is ever materialised. The expert is SwiGLU:
+``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H] matrix (rows 0:I gate).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from edgemoe.package.onnx_util import MS_DOMAIN, GraphBuilder
+from edgemoe.quant.record import RecordLayout
+
+X, Y = "x", "y"  # graph input [T, H] float32, output [T, H] float32
+
+
+def _linear(b: GraphBuilder, x: str, matrix: str, layout: RecordLayout, bits: int,
+            location: str, base: int) -> str:
+    """x [T, K] -> x @ W_k^T [T, N] for one matrix of the record at level ``bits``."""
+    (n, k), = [(n, k) for name, n, k in layout.matrices if name == matrix]
+    spec = layout.spec
+
+    def ext(slot):
+        return b.external(slot.name, slot.dtype, slot.shape, location,
+                          base + slot.offset, slot.nbytes)
+
+    if spec.scheme == "float32":
+        w = ext(layout.slot(matrix, "weight", bits))
+        return b.op("Gemm", x, w, transB=1)
+
+    gs = spec.group_size
+    groups = -(-k // gs)
+    a = b.op("Cast", ext(layout.slot(matrix, "scale", bits)), to=TensorProto.FLOAT)   # [N, G]
+    off = b.op("Cast", ext(layout.slot(matrix, "offset", bits)), to=TensorProto.FLOAT)  # [N, G]
+    level_idx = spec.ladder.index(bits)
+    acc = None
+    for p in range(level_idx + 1):
+        width, level_p = spec.plane_widths[p], spec.ladder[p]
+        plane = ext(layout.slot(matrix, "plane", spec.ladder[p]))                     # [N, G, gs*w/8]
+        scale = b.op("Mul", a, b.const(np.float32(2.0 ** (bits - level_p))))
+        zp_len = -(-groups * width // 8)
+        zeros = b.op("ConstantOfShape", b.const(np.array([n, zp_len], dtype=np.int64)),
+                     value=onnx.helper.make_tensor("z", TensorProto.UINT8, [1], [0]))
+        y = b.op("MatMulNBits", x, plane, scale, zeros, domain=MS_DOMAIN,
+                 K=k, N=n, bits=width, block_size=gs, accuracy_level=4)
+        acc = y if acc is None else b.op("Add", acc, y)
+    # offset term: group sums of x [T, G] @ (b_k - a_k * 2^(bits-1))^T [G, N]
+    corr = b.op("Sub", off, b.op("Mul", a, b.const(np.float32(2.0 ** (bits - 1)))))
+    xp = x
+    if groups * gs != k:
+        xp = b.op("Pad", x, b.const(np.array([0, 0, 0, groups * gs - k], dtype=np.int64)))
+    xg = b.op("ReduceSum", b.op("Reshape", xp, b.const(np.array([0, groups, gs], dtype=np.int64))),
+              b.const(np.array([2], dtype=np.int64)), keepdims=0)
+    return b.op("Add", acc, b.op("Gemm", xg, corr, transB=1))
+
+
+def expert_graph(layout: RecordLayout, bits: int, location: str, base: int,
+                 hidden: int, intermediate: int, name: str = "expert") -> onnx.ModelProto:
+    """Build the SwiGLU expert graph at level ``bits`` over the record at byte ``base`` of ``location``.
+
+    Parameters
+    ----------
+    layout : the record layout (matrices ``gate_up`` [2I, H] and ``down`` [H, I])
+    bits : a level of ``layout.spec.ladder``
+    location : record file name, relative to the graph file's folder
+    base : byte offset of this expert's record in that file
+    """
+    b = GraphBuilder(name)
+    b.input(X, TensorProto.FLOAT, ["T", hidden])
+    gu = _linear(b, X, "gate_up", layout, bits, location, base)                  # [T, 2I]
+    gate, up = b.op("Split", gu, b.const(np.array([intermediate, intermediate], dtype=np.int64)),
+                    axis=1, n_out=2)
+    act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)              # [T, I]
+    y = _linear(b, act, "down", layout, bits, location, base)                    # [T, H]
+    b.output(y, Y, TensorProto.FLOAT, ["T", hidden])
+    return b.model()

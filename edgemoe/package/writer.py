@@ -1,0 +1,133 @@
+"""Write a package atomically: everything goes to ``NAME.edgemoe.partial/`` and is renamed into place
+only after the manifest (written last) is on disk. An interrupted export leaves no folder that looks
+like a package; a failed one removes its staging folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import onnx
+import yaml
+
+from edgemoe.errors import PackageError
+from edgemoe.package import constants as C
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RecordFileWriter:
+    """Appends page-aligned expert records to one layer's record file and hashes each chunk."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "wb")
+        self.offset = 0
+
+    def append(self, chunks: list[bytes]) -> tuple[int, list[str]]:
+        """Write one record (its chunks back to back); return its offset and each chunk's sha256."""
+        base = self.offset
+        hashes = []
+        for c in chunks:
+            self.f.write(c)
+            hashes.append(hashlib.sha256(c).hexdigest())
+            self.offset += len(c)
+        return base, hashes
+
+    def close(self):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+class PackageWriter:
+    """Stage files of a package, then ``commit(manifest)``. Use as a context manager."""
+
+    def __init__(self, out, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise PackageError(f"{self.out} already exists; pass --overwrite to replace it or choose "
+                               f"another output path")
+        if self.out.exists() and not (self.out / C.MANIFEST).exists():
+            raise PackageError(f"{self.out} exists and is not an edgemoe package; refusing to replace "
+                               f"it. Remove it yourself or choose another output path")
+        self.stage = self.out.with_name(self.out.name + C.PARTIAL_SUFFIX)
+        try:
+            if self.stage.exists():  # left by an interrupted export
+                shutil.rmtree(self.stage)
+            self.stage.mkdir(parents=True)
+        except OSError as e:
+            raise PackageError(f"cannot write to {self.out.parent}: {e.strerror}; choose a writable "
+                               f"output path") from e
+        self.files: dict[str, dict] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+    def path(self, rel: str) -> Path:
+        p = self.stage / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def _register(self, rel: str):
+        p = self.stage / rel
+        self.files[rel] = {C.K_LENGTH: p.stat().st_size, C.K_SHA256: sha256_file(p)}
+
+    def write_bytes(self, rel: str, data: bytes):
+        self.path(rel).write_bytes(data)
+        self._register(rel)
+
+    def copy_file(self, rel: str, src: Path):
+        shutil.copyfile(src, self.path(rel))
+        self._register(rel)
+
+    def write_onnx(self, rel: str, model: onnx.ModelProto, external_data: bool = True):
+        """Save a graph; with ``external_data`` its weights go to ``rel + '.data'`` beside it."""
+        p = self.path(rel)
+        if external_data:
+            data = Path(rel).name + ".data"
+            onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data, size_threshold=256)
+            if (p.parent / data).exists():
+                self._register(str(Path(rel).parent / data))
+        else:
+            p.write_bytes(model.SerializeToString())
+        self._register(rel)
+
+    def record_file(self, rel: str) -> RecordFileWriter:
+        return RecordFileWriter(self.path(rel))
+
+    def commit(self, manifest: dict) -> Path:
+        """Write the manifest last, fsync, and move the staged folder into place."""
+        manifest = dict(manifest)
+        manifest[C.K_FILES] = dict(sorted(self.files.items()))
+        mpath = self.stage / C.MANIFEST
+        with open(mpath, "w") as f:
+            yaml.safe_dump(manifest, f, sort_keys=False, width=120)
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(self.out.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(self.out, old)
+        os.replace(self.stage, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self):
+        shutil.rmtree(self.stage, ignore_errors=True)
