@@ -7,8 +7,8 @@ level, so stock onnxruntime loads and runs it standalone and reads only what the
 Math (matryoshka level k with planes 1..p, see ``edgemoe.quant``): per group of the input dim,
 ``W_k = a_k * (c_k - 2^(k-1)) + b_k`` with ``c_k = sum_j 2^(k - level_j) * q_j``. So
 
-    y = sum_j MatMulNBits(x, plane_j, scales = a_k * 2^(k - level_j), zero_points = 0)
-        + groupsum(x) @ (b_k - a_k * 2^(k-1))^T
+    y = sum_j MatMulNBits(x, plane_j, scales = a_k * 2^(k - level_j))       (zero point 2^(w_j - 1))
+        + groupsum(x) @ (b_k + a_k * (sum_j 2^(k - level_j) 2^(w_j - 1) - 2^(k-1)))^T
 
 and no full-precision weight is ever materialised. The expert is SwiGLU:
 ``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H] matrix (rows 0:I gate).
@@ -22,7 +22,8 @@ from onnx import TensorProto
 from edgemoe.package.onnx_util import MS_DOMAIN, GraphBuilder
 from edgemoe.quant.record import RecordLayout
 
-X, Y = "x", "y"  # graph input [T, H] float32, output [T, H] float32
+X, Y = "x", "y"
+ACCURACY_LEVEL = 4  # onnxruntime MatMulNBits compute type; 4 = int8 activations (the fast path)  # graph input [T, H] float32, output [T, H] float32
 
 
 def _linear(b: GraphBuilder, x: str, matrix: str, layout: RecordLayout, bits: int,
@@ -44,19 +45,19 @@ def _linear(b: GraphBuilder, x: str, matrix: str, layout: RecordLayout, bits: in
     a = b.op("Cast", ext(layout.slot(matrix, "scale", bits)), to=TensorProto.FLOAT)   # [N, G]
     off = b.op("Cast", ext(layout.slot(matrix, "offset", bits)), to=TensorProto.FLOAT)  # [N, G]
     level_idx = spec.ladder.index(bits)
-    acc = None
+    acc, centre = None, 0.0
     for p in range(level_idx + 1):
         width, level_p = spec.plane_widths[p], spec.ladder[p]
+        factor = 2.0 ** (bits - level_p)                     # weight of plane p in c_k
         plane = ext(layout.slot(matrix, "plane", spec.ladder[p]))                     # [N, G, gs*w/8]
-        scale = b.op("Mul", a, b.const(np.float32(2.0 ** (bits - level_p))))
-        zp_len = -(-groups * width // 8)
-        zeros = b.op("ConstantOfShape", b.const(np.array([n, zp_len], dtype=np.int64)),
-                     value=onnx.helper.make_tensor("z", TensorProto.UINT8, [1], [0]))
-        y = b.op("MatMulNBits", x, plane, scale, zeros, domain=MS_DOMAIN,
-                 K=k, N=n, bits=width, block_size=gs, accuracy_level=4)
+        scale = b.op("Mul", a, b.const(np.float32(factor)))
+        # no zero_points input: MatMulNBits' default zero point 2^(w-1) centres each plane
+        y = b.op("MatMulNBits", x, plane, scale, domain=MS_DOMAIN,
+                 K=k, N=n, bits=width, block_size=gs, accuracy_level=ACCURACY_LEVEL)
+        centre += factor * 2 ** (width - 1)
         acc = y if acc is None else b.op("Add", acc, y)
-    # offset term: group sums of x [T, G] @ (b_k - a_k * 2^(bits-1))^T [G, N]
-    corr = b.op("Sub", off, b.op("Mul", a, b.const(np.float32(2.0 ** (bits - 1)))))
+    # offset term: group sums of x [T, G] @ (b_k + a_k * (centre - 2^(bits-1)))^T [G, N]
+    corr = b.op("Add", off, b.op("Mul", a, b.const(np.float32(centre - 2.0 ** (bits - 1)))))
     xp = x
     if groups * gs != k:
         xp = b.op("Pad", x, b.const(np.array([0, 0, 0, groups * gs - k], dtype=np.int64)))

@@ -50,9 +50,12 @@ class Runtime:
     level : bits every expert computes at (a level of the package's ladder); default the highest
     backend : expert backend, "ort" (default) or "reference" (numpy ground truth)
     threads : onnxruntime intra-op threads for the dense graphs
+    exact : experts compute in fp32 (slow; bit-faithful to the numpy reference) instead of onnxruntime's
+        int8-activation fast path
     """
 
-    def __init__(self, package, level: int | None = None, backend: str = "ort", threads: int = 1):
+    def __init__(self, package, level: int | None = None, backend: str = "ort", threads: int = 1,
+                 exact: bool = False):
         self.pkg = package if isinstance(package, Package) else Package(package)
         self.arch = self.pkg.arch
         self.level = self.pkg.quant.top_bits if level is None else int(level)
@@ -69,7 +72,7 @@ class Runtime:
         self._embed = load(self.pkg.embed_graph)
         self._head = load(self.pkg.head_graph)
         self._layers = [load(rel) for rel in self.pkg.layer_graphs]
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, **({"exact": exact} if backend == "ort" else {}))
         self.store = ExpertStore(self.pkg)
         self._experts: dict[tuple[int, int], object] = {}
         self._buffers: dict[tuple[int, int], np.ndarray] = {}

@@ -1,0 +1,171 @@
+"""The `edgemoe` command: a thin click group; every command is one library call."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from edgemoe import __version__
+from edgemoe.errors import EdgeMoEError
+
+
+class _Group(click.Group):
+    """Turn every EdgeMoEError into a one-line message and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeMoEError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgemoe")
+def main():
+    """edgemoe: run mixture-of-experts language models on small devices.
+
+    \b
+    Typical flow:
+      edgemoe export ./Mixtral-checkpoint -o mixtral.edgemoe     (workstation)
+      edgemoe inspect mixtral.edgemoe
+      edgemoe run mixtral.edgemoe --prompt "Hello" --level 4     (device)
+      edgemoe demo                                                (built-in model)
+    """
+
+
+def _bar(label: str):
+    """A click progress bar driven by export's (stage, done, total) callback."""
+    state = {}
+
+    def cb(stage, done, total):
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr,
+                                             show_pos=True, item_show_func=lambda s: s)
+            state["bar"].__enter__()
+            state["done"] = 0
+        state["bar"].update(done - state["done"], stage)
+        state["done"] = done
+        if done >= total:
+            state["bar"].__exit__(None, None, None)
+
+    return cb
+
+
+@main.command()
+@click.argument("src", type=click.Path(file_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="package folder to write")
+@click.option("--ladder", default="2,4,8", show_default=True,
+              help="levels (bits) of the matryoshka ladder, increasing, ending at 8")
+@click.option("--group-size", default=64, show_default=True, type=int,
+              help="quantization group along the input dim (16..256, power of two)")
+@click.option("--scale-dtype", default="float16", show_default=True,
+              type=click.Choice(["float16", "float32"]), help="dtype of per-group scales/offsets")
+@click.option("--experts", "expert_mode", default="matryoshka", show_default=True,
+              type=click.Choice(["matryoshka", "float32"]),
+              help="float32 stores experts unquantized (exact parity with the checkpoint)")
+@click.option("--dry-run", is_flag=True, help="print the planned files and sizes; write nothing")
+@click.option("--overwrite", is_flag=True, help="replace an existing package at -o")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
+def export(src, out, ladder, group_size, scale_dtype, expert_mode, dry_run, overwrite, as_json):
+    """Export a Hugging Face MoE checkpoint folder SRC to an .edgemoe package.
+
+    SRC holds config.json, *.safetensors (sharded or not; fp32/fp16/bf16) and optionally
+    tokenizer.json. Supported families: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, PhiMoE, GraniteMoE.
+    """
+    from edgemoe.exporters.export import export as do_export, plan_export
+    from edgemoe.quant.spec import QuantSpec, parse_ladder
+
+    spec = (QuantSpec.float32() if expert_mode == "float32" else
+            QuantSpec(ladder=parse_ladder(ladder), group_size=group_size, scale_dtype=scale_dtype))
+    if dry_run:
+        plan, _, _ = plan_export(src, spec)
+        summary = {"family": plan.family, "files": [{"path": p, "bytes": n} for p, n in plan.files],
+                   "total_bytes": plan.total_bytes,
+                   "expert_bytes_per_level": {b: plan.level_bytes(b) for b in spec.ladder}}
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+            return
+        click.echo(f"{plan.family}: {plan.arch.num_layers} layers, {plan.arch.num_experts} experts "
+                   f"(top-{plan.arch.top_k}); would write to {out}:")
+        for p, n in plan.files:
+            click.echo(f"  {n / 2**20:10.2f} MiB  {p}")
+        click.echo(f"  {plan.total_bytes / 2**20:10.2f} MiB  total")
+        for b in spec.ladder:
+            click.echo(f"  experts at level {b}: {plan.level_bytes(b) / 2**20:.2f} MiB resident")
+        return
+    path = do_export(src, out, spec, overwrite=overwrite,
+                     progress=None if as_json else _bar("exporting"))
+    if as_json:
+        click.echo(json.dumps({"package": str(path)}))
+    else:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--verify", is_flag=True, help="also check every file's and expert chunk's sha256")
+def inspect(package, as_json, verify):
+    """Show a package's architecture, sizes per level and files."""
+    from edgemoe.package.inspect import describe
+
+    info = describe(package, verify=verify)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    a = info["arch"]
+    click.echo(f"{package}: {a['family']}, {a['num_layers']} layers, hidden {a['hidden_size']}, "
+               f"{a['num_experts']} experts (top-{a['top_k']}), vocab {a['vocab_size']}")
+    q = info["quant"]
+    click.echo(f"quant: {q['scheme']} ladder {q['ladder']} group {q['group_size']} "
+               f"scales {q['scale_dtype']}")
+    click.echo(f"dense graphs: {info['dense_bytes'] / 2**20:.2f} MiB")
+    for lv in info["levels"]:
+        click.echo(f"experts at level {lv['bits']:>2}: {lv['bytes'] / 2**20:9.2f} MiB "
+                   f"({lv['bytes_per_expert']:,} B per expert)")
+    click.echo(f"files: {info['n_files']} ({info['total_bytes'] / 2**20:.2f} MiB on disk)")
+    if verify:
+        click.echo(f"verified: {info['verified_bytes']:,} bytes match their sha256")
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("--prompt", required=True, help="text to continue (needs the package's tokenizer)")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--level", type=int, default=None, help="expert bits (a ladder level); default highest")
+@click.option("--greedy", is_flag=True, help="greedy decoding (default: sample)")
+@click.option("--temperature", default=0.8, show_default=True, type=float)
+@click.option("--top-k", default=40, show_default=True, type=int)
+@click.option("--top-p", default=0.95, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--backend", default="ort", show_default=True, type=click.Choice(["ort", "reference"]))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
+def run(package, prompt, max_new_tokens, level, greedy, temperature, top_k, top_p, seed, backend,
+        as_json):
+    """Generate text from PACKAGE, streaming tokens as they come."""
+    from edgemoe.runtime.engine import Runtime
+    from edgemoe.runtime.sampling import SamplingConfig
+
+    rt = Runtime(package, level=level, backend=backend)
+    sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed)
+    if as_json:
+        r = rt.generate(prompt, max_new_tokens, sampling)
+        click.echo(json.dumps({"prompt": prompt, "text": r.text, "ids": r.ids, "level": rt.level,
+                               "prefill_s": r.prefill_seconds, "decode_s": r.decode_seconds,
+                               "decode_tokens_per_s": r.decode_tokens_per_s}))
+        return
+    from edgemoe.runtime.streaming import stream_text
+
+    r = stream_text(rt, prompt, max_new_tokens, sampling, click.echo)
+    click.echo(f"\n[{len(r.ids)} tokens, level {rt.level}, {r.decode_tokens_per_s:.1f} tok/s decode]",
+               err=True)
+
+
+if __name__ == "__main__":
+    main()
