@@ -7,8 +7,9 @@ level, so stock onnxruntime loads and runs it standalone and reads only what the
 Math (matryoshka level k with planes 1..p, see ``edgemoe.quant``): per group of the input dim,
 ``W_k = a_k * (c_k - 2^(k-1)) + b_k`` with ``c_k = sum_j 2^(k - level_j) * q_j``. So
 
-    y = sum_j MatMulNBits(x, plane_j, scales = a_k * 2^(k - level_j))       (zero point 2^(w_j - 1))
-        + groupsum(x) @ (b_k + a_k * (sum_j 2^(k - level_j) 2^(w_j - 1) - 2^(k-1)))^T
+    y = sum_j MatMulNBits(x, plane_j, scales = a_k * 2^(k - level_j), zero point z_j)
+        + groupsum(x) @ b_k^T
+with z_1 = 2^(w_1 - 1) and z_j = 0 after, so that sum_j 2^(k - level_j) z_j = 2^(k-1).
 
 and no full-precision weight is ever materialised. The expert is SwiGLU:
 ``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H] matrix (rows 0:I gate).
@@ -45,19 +46,23 @@ def _linear(b: GraphBuilder, x: str, matrix: str, layout: RecordLayout, bits: in
     a = b.op("Cast", ext(layout.slot(matrix, "scale", bits)), to=TensorProto.FLOAT)   # [N, G]
     off = b.op("Cast", ext(layout.slot(matrix, "offset", bits)), to=TensorProto.FLOAT)  # [N, G]
     level_idx = spec.ladder.index(bits)
-    acc, centre = None, 0.0
+    acc = None
     for p in range(level_idx + 1):
         width, level_p = spec.plane_widths[p], spec.ladder[p]
-        factor = 2.0 ** (bits - level_p)                     # weight of plane p in c_k
         plane = ext(layout.slot(matrix, "plane", spec.ladder[p]))                     # [N, G, gs*w/8]
-        scale = b.op("Mul", a, b.const(np.float32(factor)))
-        # no zero_points input: MatMulNBits' default zero point 2^(w-1) centres each plane
-        y = b.op("MatMulNBits", x, plane, scale, domain=MS_DOMAIN,
+        scale = b.op("Mul", a, b.const(np.float32(2.0 ** (bits - level_p))))      # plane weight in c_k
+        # packed uint8 zero points: 2^(w-1) on plane 1, 0 on the others, so the planes' sum is
+        # a_k * (c_k - 2^(k-1)) exactly: centred, which keeps the int8-activation error minimal
+        zp = (1 << (width - 1)) if p == 0 else 0
+        zp_byte = sum(zp << (width * j) for j in range(8 // width))
+        zp_len = -(-groups * width // 8)
+        zeros = b.op("ConstantOfShape", b.const(np.array([n, zp_len], dtype=np.int64)),
+                     value=onnx.helper.make_tensor("zp", TensorProto.UINT8, [1], [zp_byte]))
+        y = b.op("MatMulNBits", x, plane, scale, zeros, domain=MS_DOMAIN,
                  K=k, N=n, bits=width, block_size=gs, accuracy_level=ACCURACY_LEVEL)
-        centre += factor * 2 ** (width - 1)
         acc = y if acc is None else b.op("Add", acc, y)
-    # offset term: group sums of x [T, G] @ (b_k + a_k * (centre - 2^(bits-1)))^T [G, N]
-    corr = b.op("Add", off, b.op("Mul", a, b.const(np.float32(centre - 2.0 ** (bits - 1)))))
+    # offset term: group sums of x [T, G] @ b_k^T [G, N]
+    corr = off
     xp = x
     if groups * gs != k:
         xp = b.op("Pad", x, b.const(np.array([0, 0, 0, groups * gs - k], dtype=np.int64)))

@@ -1,0 +1,7 @@
+"""Shared test set-up: tests import ``tiny_models`` from this folder."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
