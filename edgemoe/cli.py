@@ -167,5 +167,37 @@ def run(package, prompt, max_new_tokens, level, greedy, temperature, top_k, top_
                err=True)
 
 
+@main.command()
+@click.option("--prompt", default=None, help="text to continue (default: 'In the beginning')")
+@click.option("--max-new-tokens", default=80, show_default=True, type=click.IntRange(1))
+@click.option("--level", type=int, default=None, help="expert bits (2, 4 or 8); default 8")
+@click.option("--greedy", is_flag=True, help="greedy decoding (default: sample, seed 0)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def demo(prompt, max_new_tokens, level, greedy, as_json):
+    """Run the built-in model (a small Mixtral trained on the World English Bible), offline.
+
+    The first run exports it into ~/.cache/edgemoe (or $EDGEMOE_CACHE); later runs reuse it.
+    """
+    from edgemoe.demo import DEFAULT_PROMPT, run_demo
+    from edgemoe.runtime.sampling import SamplingConfig
+
+    sampling = SamplingConfig(greedy=greedy, temperature=0.8, top_k=40, top_p=0.95, seed=0)
+    echo = (lambda *a, **k: None) if as_json else click.echo
+    report = run_demo(prompt or DEFAULT_PROMPT, max_new_tokens, level, sampling, echo,
+                      progress=None if as_json else _bar("exporting the built-in model"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    mib = 2 ** 20
+    click.echo("\n")
+    click.echo(f"  level {report['level']} experts, {report['tokens']} tokens, "
+               f"first token after {report['time_to_first_token_s']:.2f} s, "
+               f"{report['decode_tokens_per_s']:.1f} tokens/s decode")
+    click.echo(f"  experts read: {report['expert_bytes_read'] / mib:.1f} MiB "
+               f"(all resident at level {report['level']}); dense graphs "
+               f"{report['dense_bytes'] / mib:.1f} MiB; peak RSS {report['peak_rss_bytes'] / mib:.0f} MiB")
+    click.echo(f"  package: {report['package']}")
+
+
 if __name__ == "__main__":
     main()

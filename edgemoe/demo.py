@@ -1,0 +1,66 @@
+"""`edgemoe demo`: export the built-in model once (cached), then generate with live tokens and a report.
+
+The built-in model is a small Mixtral trained by ``examples/train_tiny_moe.py`` on the World English
+Bible; it ships inside the wheel as a Hugging Face checkpoint (``edgemoe/assets/tiny-moe``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import time
+from pathlib import Path
+
+from edgemoe.errors import PackageError
+
+ASSET = Path(__file__).parent / "assets" / "tiny-moe"
+DEFAULT_PROMPT = "In the beginning"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEMOE_CACHE", Path.home() / ".cache" / "edgemoe"))
+
+
+def builtin_checkpoint() -> Path:
+    if not (ASSET / "config.json").exists():
+        raise PackageError(f"the built-in model is missing from {ASSET}; reinstall edgemoe "
+                           f"(pip install --force-reinstall edgemoe)")
+    return ASSET
+
+
+def builtin_package(progress=None) -> Path:
+    """Export the built-in checkpoint into the cache once; later calls reuse it."""
+    src = builtin_checkpoint()
+    h = hashlib.sha256()
+    for f in sorted(src.iterdir()):
+        if f.suffix in (".json", ".safetensors"):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+    out = cache_dir() / f"tiny-moe-{h.hexdigest()[:12]}.edgemoe"
+    if not (out / "manifest.yaml").exists():
+        from edgemoe.exporters.export import export
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export(src, out, overwrite=out.exists(), progress=progress)
+    return out
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_demo(prompt: str, max_new_tokens: int, level: int | None, sampling, echo, progress=None) -> dict:
+    """Export (cached), generate with live output via ``echo``, and return the report figures."""
+    from edgemoe.runtime.engine import Runtime
+    from edgemoe.runtime.streaming import stream_text
+
+    t0 = time.perf_counter()
+    pkg = builtin_package(progress)
+    t_export = time.perf_counter() - t0
+    rt = Runtime(pkg, level=level)
+    r = stream_text(rt, prompt, max_new_tokens, sampling, echo)
+    return {"package": str(pkg), "export_or_cache_s": round(t_export, 2), "level": rt.level,
+            "tokens": len(r.ids), "time_to_first_token_s": round(r.prefill_seconds, 3),
+            "decode_tokens_per_s": round(r.decode_tokens_per_s, 1),
+            "expert_bytes_read": rt.store.bytes_read,
+            "package_expert_bytes_at_level": rt.pkg.level_bytes(rt.level),
+            "dense_bytes": rt.pkg.dense_bytes(), "peak_rss_bytes": peak_rss_bytes()}
