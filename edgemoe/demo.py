@@ -31,7 +31,10 @@ def builtin_checkpoint() -> Path:
 def builtin_package(progress=None) -> Path:
     """Export the built-in checkpoint into the cache once; later calls reuse it."""
     src = builtin_checkpoint()
-    h = hashlib.sha256()
+    from edgemoe import __version__
+    from edgemoe.package.constants import FORMAT_VERSION
+
+    h = hashlib.sha256(f"{__version__}/{FORMAT_VERSION}".encode())
     for f in sorted(src.iterdir()):
         if f.suffix in (".json", ".safetensors"):
             h.update(f.name.encode())

@@ -32,3 +32,7 @@ class CorruptRecordError(PackageError):
 
 class UnsafePathError(PackageError):
     """A path in the manifest tries to leave the package directory."""
+
+
+class BudgetError(EdgeMoEError):
+    """The memory budget is malformed or too small for the package."""

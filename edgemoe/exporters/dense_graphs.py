@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
-from edgemoe.package.graph_io import LAYER_INPUTS, MOE_OUTPUTS, DENSE_OUTPUTS  # noqa: F401
+from edgemoe.package.graph_io import DENSE_OUTPUTS, LAYER_INPUTS, MOE_OUTPUTS, ROUTER_WEIGHT  # noqa: F401
 from edgemoe.package.onnx_util import GraphBuilder
 
 F = TensorProto.FLOAT
@@ -40,9 +40,10 @@ def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarra
     return b.op("Mul", y, b.const(w))
 
 
-def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = None) -> str:
+def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = None,
+            name: str | None = None) -> str:
     """x [..., K] @ w[N, K]^T (+ bias) -> [..., N]; weight stored transposed once, as [K, N]."""
-    y = b.op("MatMul", x, b.const(np.ascontiguousarray(w.T)))
+    y = b.op("MatMul", x, b.const(np.ascontiguousarray(w.T), name))
     return y if bias is None else b.op("Add", y, b.const(bias))
 
 
@@ -120,7 +121,7 @@ def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray]) -> onnx.Mod
     x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
     if arch.is_moe_layer(index):
         b.output(x2, "moe_in", F, ["T", H])
-        b.output(_linear(b, x2, w["router"]), "router_logits", F, ["T", arch.num_experts])
+        b.output(_linear(b, x2, w["router"], name=ROUTER_WEIGHT), "router_logits", F, ["T", arch.num_experts])
         residual = h
         if arch.shared_intermediate_size:
             s = _swiglu(b, x2, w["shared_gate"], w["shared_up"], w["shared_down"])

@@ -20,6 +20,8 @@ from edgemoe.errors import ConfigError, PackageError
 from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import DENSE_OUTPUTS, MOE_OUTPUTS
 from edgemoe.runtime.expert_store import ExpertStore
+from edgemoe.runtime.budget import plan_budget
+from edgemoe.runtime.budgeted import BudgetedExperts
 from edgemoe.runtime.kv_cache import KVCache
 from edgemoe.runtime.rope import causal_mask, rope_tables
 from edgemoe.runtime.routing import route
@@ -54,14 +56,23 @@ class Runtime:
         int8-activation fast path
     """
 
-    def __init__(self, package, level: int | None = None, backend: str = "ort", threads: int = 1,
-                 exact: bool = False):
+    def __init__(self, package, level: int | str | None = None, backend: str | None = None,
+                 threads: int = 1, exact: bool = False, budget=None, policy: str = "hebf",
+                 context: int = 512, trace=None, prefetch: bool = True, io_threads: int = 2,
+                 direct_io: bool = True, read_delay_s: float = 0.0, policy_args: dict | None = None):
         self.pkg = package if isinstance(package, Package) else Package(package)
         self.arch = self.pkg.arch
-        self.level = self.pkg.quant.top_bits if level is None else int(level)
-        self.pkg.quant.level_index(self.level)  # ConfigError naming the valid levels
+        ladder = self.pkg.quant.ladder
+        auto = level == "auto"
+        if auto and budget is None:
+            raise ConfigError("--level auto lets the scheduler choose levels under a budget; "
+                              "give --budget too, or a fixed --level")
+        self.level = None if auto else (ladder[-1] if level is None else int(level))
+        if self.level is not None:
+            self.pkg.quant.level_index(self.level)  # ConfigError naming the valid levels
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+        so.enable_cpu_mem_arena = False
         for rel in [self.pkg.embed_graph, self.pkg.head_graph, *self.pkg.layer_graphs]:
             self.pkg.read_file(rel)  # sha256 check of the graph; its .data is checked below
             data = rel + ".data"
@@ -72,17 +83,49 @@ class Runtime:
         self._embed = load(self.pkg.embed_graph)
         self._head = load(self.pkg.head_graph)
         self._layers = [load(rel) for rel in self.pkg.layer_graphs]
-        self.backend = get_backend(backend, **({"exact": exact} if backend == "ort" else {}))
-        self.store = ExpertStore(self.pkg)
-        self._experts: dict[tuple[int, int], object] = {}
-        self._buffers: dict[tuple[int, int], np.ndarray] = {}
-        for key in sorted(self.pkg.experts):
-            buf = self.store.read(*key, self.level)
-            self._buffers[key] = buf
-            self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
         self.kv = KVCache(self.arch)
         self._tokenizer = None
         self.last_routing: list[np.ndarray] = []   # per MoE layer: experts [T, k] of the last step
+        self.budget_plan = None
+        self.trace = None
+        self._routers = {}
+        self.recall = [0, 0]                        # prefetch prediction: (hits, actual)
+        if budget is None:
+            self.backend = get_backend(backend or "ort",
+                                       **({"exact": exact} if (backend or "ort") == "ort" else {}))
+            self.store = ExpertStore(self.pkg)
+            self._experts: dict[tuple[int, int], object] = {}
+            for key in sorted(self.pkg.experts):
+                buf = self.store.read(*key, self.level)
+                self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
+            self.budgeted = None
+            return
+        self.backend = get_backend(backend or "planes")
+        self.budget_plan = plan_budget(self.pkg, budget, context=context)
+        if trace is not None:
+            from edgemoe.runtime.trace import TraceWriter
+            self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
+                                                               "policy": policy, "level": level})
+        from edgemoe.schedulers import make_policy
+        keys = sorted(self.pkg.experts)
+        self.policy = make_policy(policy, experts=keys, **(policy_args or {}))
+        self.budgeted = BudgetedExperts(self.pkg, self.backend, self.budget_plan.experts, self.policy,
+                                        self.level, io_threads=io_threads, direct=direct_io,
+                                        read_delay_s=read_delay_s, trace=self.trace)
+        self.store = self.budgeted.loader
+        if prefetch:
+            from edgemoe.package.graph_io import ROUTER_WEIGHT, read_initializer
+            try:
+                for i in self.arch.moe_layers:
+                    self._routers[i] = read_initializer(self.pkg.path(self.pkg.layer_graphs[i]),
+                                                        ROUTER_WEIGHT)      # [H, E]
+            except KeyError:       # exported before routers were named: run without prefetch
+                self._routers = {}
+
+    @property
+    def package_id(self) -> str:
+        return self.pkg.manifest["producer"]["source"].get("fingerprint_sha256", "") + ":" + \
+            str(self.pkg.quant.to_dict())
 
     # ---- model ----
     def reset(self):
@@ -113,6 +156,7 @@ class Runtime:
         cos, sin = rope_tables(self.arch, np.arange(past, past + t))
         mask = causal_mask(past, t)
         self.last_routing = []
+        self._pending_pred = None
         for i, sess in enumerate(self._layers):
             pk, pv = self.kv.get(i)
             feeds = {"hidden": hidden, "cos": cos, "sin": sin, "mask": mask, "past_k": pk, "past_v": pv}
@@ -123,18 +167,36 @@ class Runtime:
                 hidden, k, v = sess.run(DENSE_OUTPUTS, feeds)
             self.kv.put(i, k, v)
         self.kv.advance(t)
+        if self.budgeted is not None:
+            self.budgeted.end_step()
         return self._head.run(None, {"hidden": hidden})[0]
 
     def _moe(self, layer: int, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Expert-major: each chosen expert runs once on all tokens routed to it."""
         experts, weights = route(logits, self.arch)              # [T, k], [T, k]
         self.last_routing.append(experts)
+        if self.budgeted is not None:
+            pred = self._predict(layer, x)
+            if self._pending_pred is not None:
+                actual = set(np.unique(experts).tolist())
+                self.recall[0] += len(actual & self._pending_pred)
+                self.recall[1] += len(actual)
+            self._pending_pred = {e for _, e in pred} or None
+            return self.budgeted.compute(layer, x, experts, weights, pred)
         out = np.zeros_like(x)
         for e in np.unique(experts):
             rows, slot = np.nonzero(experts == e)
             y = self.backend.run(self._experts[(layer, int(e))], x[rows])
             out[rows] += weights[rows, slot, None] * y
         return out
+
+    def _predict(self, layer: int, x: np.ndarray) -> tuple:
+        """The next MoE layer's experts, from its router applied to this layer's MoE input."""
+        nxt = [i for i in self.arch.moe_layers if i > layer]
+        if not self._routers or not nxt:
+            return ()
+        experts, _ = route(x @ self._routers[nxt[0]], self.arch)
+        return tuple((nxt[0], int(e)) for e in np.unique(experts))
 
     # ---- text ----
     @property
@@ -185,10 +247,30 @@ class Runtime:
         t1 = time.perf_counter()
         text = self.decode(out) if self.pkg.tokenizer_file is not None else None
         return GenerationResult(prompt_ids, out, text, (t_first or t1) - t0, t1 - (t_first or t1),
-                                stats={"expert_bytes_read": self.store.bytes_read, "level": self.level})
+                                stats=self.stats())
+
+    def stats(self) -> dict:
+        """Counters of the run so far: bytes read, hits, waits, level mix, prefetch recall."""
+        s = {"expert_bytes_read": self.store.bytes_read, "level": self.level}
+        if self.budgeted is not None:
+            b = self.budgeted
+            calls = max(b.stats["expert_calls"], 1)
+            s.update(budget=self.budget_plan.to_dict(), cache_peak_bytes=b.cache.peak,
+                     hit_rate=b.stats["hits"] / calls, expert_calls=int(b.stats["expert_calls"]),
+                     io_wait_s=b.loader.wait_seconds, io_busy_s=b.loader.io_seconds,
+                     expert_compute_s=b.stats["compute_s"], direct_io=b.loader.used_direct,
+                     level_mix={int(k): int(v) for k, v in sorted(b.level_mix.items())},
+                     prefetch_recall=self.recall[0] / self.recall[1] if self.recall[1] else None,
+                     steps=b.step)
+        return s
 
     def close(self):
-        self.store.close()
+        if self.budgeted is not None:
+            self.budgeted.close()
+        else:
+            self.store.close()
+        if self.trace is not None:
+            self.trace.close()
 
 
 def open_runtime(path: str | Path, **kw) -> Runtime:

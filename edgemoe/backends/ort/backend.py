@@ -14,6 +14,8 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False   # no per-session arena: resident memory stays what the weights need
+    so.enable_mem_pattern = False
     return so
 
 

@@ -1,0 +1,96 @@
+"""One memory budget for everything the process holds: dense weights, KV cache, work buffers, experts.
+
+The fixed part is computed first; the rest goes to the expert cache. A budget that cannot hold one
+token's worth of experts (top-k of a layer at the lowest level) is refused, saying the minimum.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from edgemoe.errors import BudgetError
+from edgemoe.package.reader import Package
+from edgemoe.runtime.kv_cache import KVCache
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+# onnxruntime's own bookkeeping per dense session (graph, kernels, allocator), measured on CPU with
+# the demo model: a few hundred KiB each; counted so the budget covers what the process really holds.
+ORT_SESSION_OVERHEAD = 512 * 1024
+
+
+def parse_size(text, reference: int | None = None) -> int:
+    """'1.5GiB', '512MiB', '2GB', '123456' -> bytes; '50%' -> that share of ``reference``."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    s = str(text).strip().lower().replace(" ", "")
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(%|[kmg]i?b?|b)?", s)
+    if not m:
+        raise BudgetError(f"cannot read the budget {text!r}; write it like 1.5GiB, 512MiB, 2GB or 50%")
+    value, unit = float(m.group(1)), m.group(2) or ""
+    if unit == "%":
+        if reference is None:
+            raise BudgetError(f"a percentage budget ({text}) needs a reference size")
+        return int(reference * value / 100)
+    return int(value * _UNITS[unit])
+
+
+def fmt_size(n: int) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget: int
+    dense: int          # dense graph weights (held by onnxruntime) + session overhead
+    kv_cache: int       # K and V for ``context`` tokens, every layer
+    work: int           # transient buffers: activations, logits, one dequantized matrix
+    experts: int        # what is left: the expert cache (resident + in-flight chunks)
+    minimum: int        # smallest budget that runs
+    context: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def work_bytes(pkg: Package, max_tokens: int) -> int:
+    """Transient memory of one step: activations and logits for ``max_tokens`` tokens, plus the
+    largest expert matrix rebuilt in float32 (and its uint8 codes) by the planes kernel."""
+    a = pkg.arch
+    acts = max_tokens * 4 * (6 * a.hidden_size + 2 * a.intermediate_size + a.vocab_size
+                             + a.num_heads * max_tokens)
+    widest = max(n * (-(-k // pkg.quant.group_size)) * pkg.quant.group_size
+                 for _, n, k in pkg.layout.matrices)
+    return acts + 5 * widest
+
+
+def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = 128) -> BudgetPlan:
+    """Split ``budget`` into its parts.
+
+    ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
+    NN% of the experts at the top level, i.e. the share of the expert weights that fits. (A share
+    of the whole package would be meaningless for dense-heavy models, whose fixed part alone can
+    exceed 25% of the package.)
+    """
+    a = pkg.arch
+    n_sessions = a.num_layers + 2
+    dense = pkg.dense_bytes() + n_sessions * ORT_SESSION_OVERHEAD
+    kv = KVCache.bytes_for(a, context)
+    work = work_bytes(pkg, min(prefill_chunk, context))
+    fixed = dense + kv + work
+    if isinstance(budget, str) and budget.strip().endswith("%"):
+        total = fixed + parse_size(budget, reference=pkg.level_bytes(pkg.quant.top_bits))
+    else:
+        total = parse_size(budget)
+    one_token = a.top_k * pkg.layout.prefix_length(pkg.quant.ladder[0])
+    minimum = dense + kv + work + one_token
+    if total < minimum:
+        raise BudgetError(f"budget {fmt_size(total)} is below the minimum {fmt_size(minimum)} for this "
+                          f"package (dense {fmt_size(dense)}, KV cache for {context} tokens "
+                          f"{fmt_size(kv)}, work {fmt_size(work)}, {a.top_k} experts at "
+                          f"{pkg.quant.ladder[0]} bits {fmt_size(one_token)}); raise --budget to at "
+                          f"least {fmt_size(minimum)} or lower --context")
+    return BudgetPlan(total, dense, kv, work, total - dense - kv - work, minimum, context)

@@ -1,0 +1,121 @@
+"""Experts under a memory budget: cache + loader + policy, driven one MoE layer at a time.
+
+Per layer: route -> ask the policy for a plan (pure) -> drop what it gives up (no I/O) -> queue the
+chunk reads it orders -> compute each expert as soon as the chunks of its level have landed, while
+later reads continue in the I/O threads -> queue the prefetch of predicted experts.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from edgemoe.package.reader import Package
+from edgemoe.runtime.cache import ExpertCache
+from edgemoe.runtime.loader import Loader
+from edgemoe.schedulers.base import CacheView, LayerRequest
+
+
+class BudgetedExperts:
+    def __init__(self, pkg: Package, backend, capacity: int, policy, level: int | None,
+                 io_threads: int = 2, direct: bool = True, read_delay_s: float = 0.0, trace=None):
+        self.pkg, self.backend, self.policy, self.level = pkg, backend, policy, level
+        self.cache = ExpertCache(capacity, pkg.layout)
+        self.loader = Loader(pkg, threads=io_threads, direct=direct, read_delay_s=read_delay_s)
+        self.trace = trace
+        self.step = 0
+        self.heat: dict = defaultdict(float)
+        self.uses: dict = defaultdict(int)
+        self.last_use: dict = {}
+        self.stats = defaultdict(float)
+        self.level_mix: dict = defaultdict(int)
+
+    # ---- helpers ----
+    def _view(self) -> CacheView:
+        c = self.cache
+        busy = frozenset(k for k, e in c.entries.items() if e.pending)
+        return CacheView(c.capacity, c.used, c.levels(), c.ladder,
+                         tuple(ch.length for ch in self.pkg.layout.chunks), self.heat,
+                         self.last_use, self.uses, busy)
+
+    def _harvest(self):
+        """Land every finished read, in chunk order per expert (prefetches included)."""
+        for key, e in list(self.cache.entries.items()):
+            while e.pending:
+                idx = len(e.chunks)
+                fut = e.pending.get(idx)
+                if fut is None or not fut.done():
+                    break
+                self.cache.land(key, idx, fut.result())
+
+    def _ensure(self, key, bits) -> bool:
+        """Wait until ``key`` holds level ``bits``; True if nothing had to be waited for."""
+        e = self.cache.entries[key]
+        want = self.cache.ladder.index(bits) + 1
+        hit = True
+        while len(e.chunks) < want:
+            idx = len(e.chunks)
+            fut = e.pending[idx]
+            if not fut.done():
+                hit = False
+            self.cache.land(key, idx, self.loader.wait(fut))
+        return hit
+
+    # ---- the step ----
+    def compute(self, layer: int, x: np.ndarray, experts: np.ndarray, weights: np.ndarray,
+                predicted: tuple = ()) -> np.ndarray:
+        """x [T, H] routed to experts [T, k] with weights [T, k] -> sum of weighted expert outputs."""
+        self._harvest()
+        uniq, counts = np.unique(experts, return_counts=True)
+        needed = tuple((int(e), int(c)) for e, c in zip(uniq, counts))
+        req = LayerRequest(self.step, layer, needed, self.level, tuple(predicted))
+        plan = self.policy.plan(req, self._view())
+        for key, keep in plan.drops:
+            self.cache.downgrade(key, keep)
+        bytes0 = self.loader.bytes_read
+        for key, idx in plan.loads:
+            self.cache.reserve(key, idx, self.loader.submit(*key, idx))
+        out = np.zeros_like(x)
+        t_compute, hits, used_bits = 0.0, [], []
+        for e, bits in plan.compute:
+            key = (layer, e)
+            hits.append(self._ensure(key, bits))
+            entry = self.cache.entries[key]
+            handle = entry.handles.get(bits)
+            if handle is None:
+                n = self.cache.ladder.index(bits) + 1
+                handle = entry.handles[bits] = self.backend.load(self.pkg, layer, e, bits,
+                                                                 entry.chunks[:n])
+            rows, slot = np.nonzero(experts == e)
+            t0 = time.perf_counter()
+            out[rows] += weights[rows, slot, None] * self.backend.run(handle, x[rows])
+            t_compute += time.perf_counter() - t0
+            used_bits.append(bits)
+            self.level_mix[bits] += len(rows)
+            entry.last_use, entry.uses = self.step, entry.uses + 1
+        for key, idx in plan.prefetch:
+            e = self.cache.entries.get(key)
+            have = len(e.chunks) + len(e.pending) if e else 0
+            if idx == have and self.cache.chunk_bytes(idx) <= self.cache.free:
+                self.cache.reserve(key, idx, self.loader.submit(*key, idx))
+        for e, c in needed:
+            key = (layer, e)
+            self.heat[key] += c
+            self.uses[key] += 1
+            self.last_use[key] = self.step
+        self.stats["expert_calls"] += len(plan.compute)
+        self.stats["hits"] += sum(hits)
+        self.stats["compute_s"] += t_compute
+        if self.trace is not None:
+            count = dict(needed)
+            self.trace.layer(self.step, layer, [e for e, _ in plan.compute],
+                             [count[e] for e, _ in plan.compute], used_bits, hits,
+                             self.loader.bytes_read - bytes0, t_compute)
+        return out
+
+    def end_step(self):
+        self.step += 1
+
+    def close(self):
+        self.loader.close()
