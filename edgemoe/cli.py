@@ -133,38 +133,71 @@ def inspect(package, as_json, verify):
         click.echo(f"verified: {info['verified_bytes']:,} bytes match their sha256")
 
 
+class _Level(click.ParamType):
+    name = "BITS|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of bits or 'auto'", param, ctx)
+
+
+LEVEL = _Level()
+
+
 @main.command()
 @click.argument("package", type=click.Path())
 @click.option("--prompt", required=True, help="text to continue (needs the package's tokenizer)")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--level", type=int, default=None, help="expert bits (a ladder level); default highest")
+@click.option("--level", type=LEVEL, default=None,
+              help="expert bits (a ladder level, default the highest), or 'auto' under --budget")
+@click.option("--budget", default=None,
+              help="memory budget for everything (1.5GiB, 512MiB, or NN%: the fixed part plus NN% "
+                   "of the experts); default: all experts resident")
+@click.option("--policy", default="hebf", show_default=True,
+              type=click.Choice(["hebf", "lru", "lfu"]), help="expert scheduling policy (with --budget)")
+@click.option("--context", default=512, show_default=True, type=click.IntRange(1),
+              help="tokens of KV cache the budget reserves")
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="record the routing trace (JSON lines) here (with --budget)")
 @click.option("--greedy", is_flag=True, help="greedy decoding (default: sample)")
 @click.option("--temperature", default=0.8, show_default=True, type=float)
 @click.option("--top-k", default=40, show_default=True, type=int)
 @click.option("--top-p", default=0.95, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--backend", default="ort", show_default=True, type=click.Choice(["ort", "reference"]))
+@click.option("--backend", default=None, type=click.Choice(["ort", "planes", "reference"]),
+              help="expert kernels (default: ort resident, planes under --budget)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
-def run(package, prompt, max_new_tokens, level, greedy, temperature, top_k, top_p, seed, backend,
-        as_json):
+def run(package, prompt, max_new_tokens, level, budget, policy, context, trace, greedy, temperature,
+        top_k, top_p, seed, backend, as_json):
     """Generate text from PACKAGE, streaming tokens as they come."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.sampling import SamplingConfig
 
-    rt = Runtime(package, level=level, backend=backend)
+    rt = Runtime(package, level=level, backend=backend, budget=budget, policy=policy,
+                 context=context, trace=trace)
     sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed)
-    if as_json:
-        r = rt.generate(prompt, max_new_tokens, sampling)
-        click.echo(json.dumps({"prompt": prompt, "text": r.text, "ids": r.ids, "level": rt.level,
-                               "prefill_s": r.prefill_seconds, "decode_s": r.decode_seconds,
-                               "decode_tokens_per_s": r.decode_tokens_per_s}))
-        return
-    from edgemoe.runtime.streaming import stream_text
+    try:
+        if as_json:
+            r = rt.generate(prompt, max_new_tokens, sampling)
+            click.echo(json.dumps({"prompt": prompt, "text": r.text, "ids": r.ids,
+                                   "prefill_s": r.prefill_seconds, "decode_s": r.decode_seconds,
+                                   "decode_tokens_per_s": r.decode_tokens_per_s,
+                                   "stats": rt.stats()}))
+            return
+        from edgemoe.runtime.streaming import stream_text
 
-    r = stream_text(rt, prompt, max_new_tokens, sampling, click.echo)
-    click.echo(f"\n[{len(r.ids)} tokens, level {rt.level}, {r.decode_tokens_per_s:.1f} tok/s decode]",
-               err=True)
+        r = stream_text(rt, prompt, max_new_tokens, sampling, click.echo)
+        st = rt.stats()
+        extra = (f", hit rate {st['hit_rate']:.0%}, levels {st['level_mix']}" if budget else "")
+        click.echo(f"\n[{len(r.ids)} tokens, {r.decode_tokens_per_s:.1f} tok/s decode, "
+                   f"{st['expert_bytes_read'] / 2**20:.1f} MiB of experts read{extra}]", err=True)
+    finally:
+        rt.close()
 
 
 @main.command("eval")
@@ -198,10 +231,13 @@ def eval_cmd(package, text_file, level, window, max_tokens, exact, as_json):
 @main.command()
 @click.option("--prompt", default=None, help="text to continue (default: 'In the beginning')")
 @click.option("--max-new-tokens", default=80, show_default=True, type=click.IntRange(1))
-@click.option("--level", type=int, default=None, help="expert bits (2, 4 or 8); default 8")
+@click.option("--level", type=LEVEL, default="auto", show_default=True,
+              help="expert bits (2, 4, 8) or auto (the scheduler picks per expert)")
+@click.option("--budget", default="50%", show_default=True,
+              help="memory budget: the fixed part plus this share of the experts, or a size")
 @click.option("--greedy", is_flag=True, help="greedy decoding (default: sample, seed 0)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def demo(prompt, max_new_tokens, level, greedy, as_json):
+def demo(prompt, max_new_tokens, level, budget, greedy, as_json):
     """Run the built-in model (a small Mixtral trained on the World English Bible), offline.
 
     The first run exports it into ~/.cache/edgemoe (or $EDGEMOE_CACHE); later runs reuse it.
@@ -211,19 +247,21 @@ def demo(prompt, max_new_tokens, level, greedy, as_json):
 
     sampling = SamplingConfig(greedy=greedy, temperature=0.8, top_k=40, top_p=0.95, seed=0)
     echo = (lambda *a, **k: None) if as_json else click.echo
-    report = run_demo(prompt or DEFAULT_PROMPT, max_new_tokens, level, sampling, echo,
+    report = run_demo(prompt or DEFAULT_PROMPT, max_new_tokens, level, budget, sampling, echo,
                       progress=None if as_json else _bar("exporting the built-in model"))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     mib = 2 ** 20
     click.echo("\n")
-    click.echo(f"  level {report['level']} experts, {report['tokens']} tokens, "
-               f"first token after {report['time_to_first_token_s']:.2f} s, "
-               f"{report['decode_tokens_per_s']:.1f} tokens/s decode")
-    click.echo(f"  experts read: {report['expert_bytes_read'] / mib:.1f} MiB "
-               f"(all resident at level {report['level']}); dense graphs "
-               f"{report['dense_bytes'] / mib:.1f} MiB; peak RSS {report['peak_rss_bytes'] / mib:.0f} MiB")
+    click.echo(f"  {report['tokens']} tokens: first after {report['time_to_first_token_s']:.2f} s, "
+               f"then {report['decode_tokens_per_s']:.1f} tokens/s")
+    click.echo(f"  budget {report['budget_bytes'] / mib:.1f} MiB (dense {report['dense_bytes'] / mib:.1f} "
+               f"MiB + expert cache {report['expert_cache_bytes'] / mib:.1f} MiB for "
+               f"{report['package_expert_bytes'] / mib:.1f} MiB of 8-bit experts); "
+               f"peak RSS {report['peak_rss_bytes'] / mib:.0f} MiB")
+    click.echo(f"  expert hit rate {report['hit_rate']:.0%}, {report['expert_bytes_read'] / mib:.1f} MiB "
+               f"read, levels used (token-expert pairs): {report['level_mix']}")
     click.echo(f"  package: {report['package']}")
 
 

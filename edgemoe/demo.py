@@ -51,19 +51,27 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_demo(prompt: str, max_new_tokens: int, level: int | None, sampling, echo, progress=None) -> dict:
-    """Export (cached), generate with live output via ``echo``, and return the report figures."""
+def run_demo(prompt: str, max_new_tokens: int, level, budget, sampling, echo, progress=None) -> dict:
+    """Export (cached), generate under ``budget`` with live output via ``echo``; return the report."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.streaming import stream_text
 
     t0 = time.perf_counter()
     pkg = builtin_package(progress)
     t_export = time.perf_counter() - t0
-    rt = Runtime(pkg, level=level)
-    r = stream_text(rt, prompt, max_new_tokens, sampling, echo)
-    return {"package": str(pkg), "export_or_cache_s": round(t_export, 2), "level": rt.level,
-            "tokens": len(r.ids), "time_to_first_token_s": round(r.prefill_seconds, 3),
+    rt = Runtime(pkg, level=level, budget=budget)
+    try:
+        r = stream_text(rt, prompt, max_new_tokens, sampling, echo)
+        st = rt.stats()
+    finally:
+        rt.close()
+    plan = st["budget"]
+    return {"package": str(pkg), "export_or_cache_s": round(t_export, 2), "level": level,
+            "tokens": len(r.ids), "text": r.text,
+            "time_to_first_token_s": round(r.prefill_seconds, 3),
             "decode_tokens_per_s": round(r.decode_tokens_per_s, 1),
-            "expert_bytes_read": rt.store.bytes_read,
-            "package_expert_bytes_at_level": rt.pkg.level_bytes(rt.level),
-            "dense_bytes": rt.pkg.dense_bytes(), "peak_rss_bytes": peak_rss_bytes()}
+            "budget_bytes": plan["budget"], "expert_cache_bytes": plan["experts"],
+            "dense_bytes": plan["dense"], "package_expert_bytes": rt.pkg.level_bytes(8),
+            "hit_rate": st["hit_rate"], "expert_bytes_read": st["expert_bytes_read"],
+            "level_mix": st["level_mix"], "prefetch_recall": st["prefetch_recall"],
+            "peak_rss_bytes": peak_rss_bytes()}
