@@ -67,7 +67,8 @@ def work_bytes(pkg: Package, max_tokens: int) -> int:
     return acts + 5 * widest
 
 
-def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = 128) -> BudgetPlan:
+def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = 128,
+                level: int | None = None) -> BudgetPlan:
     """Split ``budget`` into its parts.
 
     ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
@@ -85,12 +86,14 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = 1
         total = fixed + parse_size(budget, reference=pkg.level_bytes(pkg.quant.top_bits))
     else:
         total = parse_size(budget)
-    one_token = a.top_k * pkg.layout.prefix_length(pkg.quant.ladder[0])
+    # one token's worth: top-k experts at the lowest level, and at least one at a fixed level
+    one_token = max(a.top_k * pkg.layout.prefix_length(pkg.quant.ladder[0]),
+                    pkg.layout.prefix_length(level) if level else 0)
     minimum = dense + kv + work + one_token
     if total < minimum:
         raise BudgetError(f"budget {fmt_size(total)} is below the minimum {fmt_size(minimum)} for this "
                           f"package (dense {fmt_size(dense)}, KV cache for {context} tokens "
                           f"{fmt_size(kv)}, work {fmt_size(work)}, {a.top_k} experts at "
-                          f"{pkg.quant.ladder[0]} bits {fmt_size(one_token)}); raise --budget to at "
+                          f"{pkg.quant.ladder[0]} bits or one at the fixed level {fmt_size(one_token)}); raise --budget to at "
                           f"least {fmt_size(minimum)} or lower --context")
     return BudgetPlan(total, dense, kv, work, total - dense - kv - work, minimum, context)

@@ -7,10 +7,11 @@ later reads continue in the I/O threads -> queue the prefetch of predicted exper
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import numpy as np
 
+from edgemoe.errors import BudgetError
 from edgemoe.package.reader import Package
 from edgemoe.runtime.cache import ExpertCache
 from edgemoe.runtime.loader import Loader
@@ -62,6 +63,36 @@ class BudgetedExperts:
             self.cache.land(key, idx, self.loader.wait(fut))
         return hit
 
+    def _pump(self, queue: deque, waiting: set, force: bool = False) -> bool:
+        """Submit queued reads while they fit. With ``force``, when the head does not fit, evict
+        (least recently used first; experts still to compute this layer and reads in flight are
+        never dropped) until it does. Returns whether anything was submitted or is in flight."""
+        progressed = False
+        while queue:
+            key, idx = queue[0]
+            n = self.cache.chunk_bytes(idx)
+            if n > self.cache.free and force:
+                victims = sorted((k for k, e in self.cache.entries.items()
+                                  if k not in waiting and k != key and not e.pending),
+                                 key=lambda k: (self.cache.entries[k].last_use, k))
+                for v in victims:
+                    if n <= self.cache.free:
+                        break
+                    self.cache.downgrade(v, 0)
+            if n > self.cache.free:
+                break
+            self.cache.reserve(key, idx, self.loader.submit(*key, idx))
+            queue.popleft()
+            progressed = True
+        if not progressed and force:
+            # nothing fits: let a read in flight land (it may belong to a prefetch) and retry
+            for key, e in list(self.cache.entries.items()):
+                if e.pending:
+                    idx = len(e.chunks)
+                    self.cache.land(key, idx, self.loader.wait(e.pending[idx]))
+                    return True
+        return progressed
+
     # ---- the step ----
     def compute(self, layer: int, x: np.ndarray, experts: np.ndarray, weights: np.ndarray,
                 predicted: tuple = ()) -> np.ndarray:
@@ -74,19 +105,27 @@ class BudgetedExperts:
         for key, keep in plan.drops:
             self.cache.downgrade(key, keep)
         bytes0 = self.loader.bytes_read
-        for key, idx in plan.loads:
-            self.cache.reserve(key, idx, self.loader.submit(*key, idx))
+        queue = deque(plan.loads)
+        waiting = {(layer, e) for e, _ in plan.compute}       # still to compute this layer
+        self._pump(queue, waiting)
         out = np.zeros_like(x)
         t_compute, hits, used_bits = 0.0, [], []
         for e, bits in plan.compute:
             key = (layer, e)
+            want = self.cache.ladder.index(bits) + 1
+            while True:   # the plan's reads may not all fit at once: stream them as room frees up
+                entry = self.cache.entries.get(key)
+                if entry is not None and len(entry.chunks) + len(entry.pending) >= want:
+                    break
+                if not self._pump(queue, waiting, force=True):
+                    raise BudgetError(f"cannot fit layer {layer} expert {e} at {bits} bits in the "
+                                      f"{self.cache.capacity:,}-byte expert cache; raise --budget")
             hits.append(self._ensure(key, bits))
             entry = self.cache.entries[key]
             handle = entry.handles.get(bits)
             if handle is None:
-                n = self.cache.ladder.index(bits) + 1
                 handle = entry.handles[bits] = self.backend.load(self.pkg, layer, e, bits,
-                                                                 entry.chunks[:n])
+                                                                 entry.chunks[:want])
             rows, slot = np.nonzero(experts == e)
             t0 = time.perf_counter()
             out[rows] += weights[rows, slot, None] * self.backend.run(handle, x[rows])
@@ -94,6 +133,8 @@ class BudgetedExperts:
             used_bits.append(bits)
             self.level_mix[bits] += len(rows)
             entry.last_use, entry.uses = self.step, entry.uses + 1
+            waiting.discard(key)
+            self._pump(queue, waiting)
         for key, idx in plan.prefetch:
             e = self.cache.entries.get(key)
             have = len(e.chunks) + len(e.pending) if e else 0

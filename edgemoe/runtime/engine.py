@@ -101,7 +101,7 @@ class Runtime:
             self.budgeted = None
             return
         self.backend = get_backend(backend or "planes")
-        self.budget_plan = plan_budget(self.pkg, budget, context=context)
+        self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level)
         if trace is not None:
             from edgemoe.runtime.trace import TraceWriter
             self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
