@@ -45,6 +45,8 @@ def _read_header(path: Path) -> tuple[dict, int]:
             header = json.loads(f.read(n))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path.name}: unreadable safetensors header ({e}); re-download it") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name}: safetensors header is not a JSON object; re-download it")
     return header, 8 + n
 
 
@@ -70,6 +72,8 @@ class Checkpoint:
             self.config = json.loads(cfg.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg} is not valid JSON ({e})") from e
+        if not isinstance(self.config, dict):
+            raise CheckpointError(f"{cfg} is not a JSON object; re-download config.json")
         self.tensors: dict[str, TensorInfo] = {}
         self._index_shards()
 
@@ -78,8 +82,11 @@ class Checkpoint:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index} is malformed ({e}); re-save the checkpoint") from e
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index}: weight_map is not a mapping of tensor name to shard "
+                                      f"file; re-save the checkpoint")
             names = sorted(set(weight_map.values()))
             missing = [n for n in names if not (self.path / n).exists()]
             if missing:
@@ -102,15 +109,19 @@ class Checkpoint:
             for name, meta in header.items():
                 if name == "__metadata__":
                     continue
-                if meta["dtype"] not in _DTYPES:
+                try:
+                    dtype, shape, (lo, hi) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
+                    lo, hi = int(lo), int(hi)
+                except (KeyError, TypeError, ValueError):
+                    raise CheckpointError(f"{shard.name}: header entry of tensor {name} is malformed "
+                                          f"(needs dtype, shape, data_offsets); re-download it") from None
+                if dtype not in _DTYPES:
                     raise CheckpointError(f"{shard.name}: tensor {name} has unsupported dtype "
-                                          f"{meta['dtype']}; supported: {sorted(_DTYPES)}")
-                lo, hi = meta["data_offsets"]
+                                          f"{dtype}; supported: {sorted(_DTYPES)}")
                 if base + hi > size:
                     raise CheckpointError(f"{shard.name} is truncated: tensor {name} ends at byte "
                                           f"{base + hi} but the file has {size}; re-download it")
-                self.tensors[name] = TensorInfo(name, shard, meta["dtype"], tuple(meta["shape"]),
-                                                base + lo, hi - lo)
+                self.tensors[name] = TensorInfo(name, shard, dtype, shape, base + lo, hi - lo)
         if self._index_map is not None:
             missing = sorted(set(self._index_map) - set(self.tensors))
             if missing:

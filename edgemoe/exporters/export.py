@@ -15,6 +15,7 @@ from typing import Callable
 
 from edgemoe import __version__
 from edgemoe.arch import MoEArch
+from edgemoe.errors import CheckpointError, EdgeMoEError
 from edgemoe.exporters.checkpoint import Checkpoint
 from edgemoe.exporters.dense_graphs import embed_graph, head_graph, layer_graph
 from edgemoe.exporters.families import adapter_for
@@ -65,7 +66,16 @@ def plan_export(src, quant: QuantSpec) -> tuple[ExportPlan, Checkpoint, WeightMa
     """Index the checkpoint, pick its adapter and resolve every tensor (raising on any mismatch)."""
     ckpt = Checkpoint(src)
     adapter = adapter_for(ckpt.config)
-    arch = adapter.arch(ckpt.config)
+    try:
+        arch = adapter.arch(ckpt.config)
+    except EdgeMoEError:
+        raise
+    except KeyError as e:
+        raise CheckpointError(f"config.json in {ckpt.path} lacks {e.args[0]!r}, which a {adapter.name} "
+                              f"config needs; re-download config.json or add the key") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json in {ckpt.path} has a value of the wrong type ({e}); "
+                              f"re-download config.json or fix it") from None
     wmap = WeightMap(ckpt, adapter, arch)
     wmap.check_complete(wmap.planned_names())
     plan = ExportPlan(Path(src), adapter.name, arch, quant)
@@ -79,9 +89,23 @@ def plan_export(src, quant: QuantSpec) -> tuple[ExportPlan, Checkpoint, WeightMa
                        or 4 * arch.vocab_size * arch.hidden_size))
     for i in arch.moe_layers:
         plan.files.append((f"{C.expert_dir(i)}/{C.RECORD_FILE}", arch.num_experts * layout.length))
-    if (Path(src) / C.TOKENIZER_FILE).exists():
-        plan.files.append((C.TOKENIZER_FILE, (Path(src) / C.TOKENIZER_FILE).stat().st_size))
+    tok = Path(src) / C.TOKENIZER_FILE
+    if tok.exists():
+        _check_tokenizer(tok)
+        plan.files.append((C.TOKENIZER_FILE, tok.stat().st_size))
     return plan, ckpt, wmap
+
+
+def _check_tokenizer(path: Path):
+    """Fail the export, not the first run on the device, if tokenizer.json does not load."""
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        raise CheckpointError(f"{path} does not load as a tokenizers tokenizer.json "
+                              f"({' '.join(str(e).split())}); re-download it, or remove it to export "
+                              f"without a tokenizer") from None
 
 
 def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from edgemoe.arch import MoEArch
-from edgemoe.errors import (ConfigError, CorruptRecordError, IncompatiblePackageError, PackageError,
-                            UnsafePathError)
+from edgemoe.errors import (ConfigError, CorruptRecordError, EdgeMoEError, IncompatiblePackageError,
+                            PackageError, UnsafePathError)
 from edgemoe.package import constants as C
 from edgemoe.package.writer import sha256_file
 from edgemoe.quant.record import RecordLayout, record_layout
@@ -75,7 +75,8 @@ class Package:
         try:
             m = yaml.load(mpath.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         except yaml.YAMLError as e:
-            raise PackageError(f"{mpath} is not valid YAML ({e}); re-export the package") from e
+            raise PackageError(f"{mpath} is not valid YAML ({' '.join(str(e).split())}); "
+                               f"re-export the package") from e
         if not isinstance(m, dict):
             raise PackageError(f"{mpath} is not a mapping; re-export the package")
         self.manifest = m
@@ -83,6 +84,17 @@ class Package:
         missing = [k for k in C.REQUIRED_KEYS if k not in m]
         if missing:
             raise PackageError(f"{mpath} lacks keys {missing}; re-export the package")
+        try:
+            self._load(m)
+        except EdgeMoEError:
+            raise
+        except KeyError as e:  # a nested key is absent
+            raise PackageError(f"{mpath} is malformed (an entry lacks key {e.args[0]!r}); "
+                               f"re-export the package") from None
+        except (TypeError, AttributeError, ValueError, IndexError) as e:  # wrong type of a value
+            raise PackageError(f"{mpath} is malformed ({e}); re-export the package") from None
+
+    def _load(self, m: dict):
         self.arch = MoEArch.from_dict(m[C.K_ARCH])
         self.quant = QuantSpec.from_dict(m[C.K_QUANT])
         self.layout: RecordLayout = record_layout(self.arch.expert_matrices(), self.quant)
@@ -145,17 +157,26 @@ class Package:
             size = (self.root / rel).stat().st_size if (self.root / rel).exists() else -1
             for r in entry[C.K_RECORDS]:
                 e, off = int(r[C.K_EXPERT]), int(r[C.K_OFFSET])
-                if off < 0 or off + self.layout.length > size:
+                if off < 0:
+                    raise PackageError(f"{rel}: record of layer {i} expert {e} has offset {off}; "
+                                       f"the manifest is corrupt, re-export the package")
+                if off + self.layout.length > size:
                     raise CorruptRecordError(f"{rel}: record of layer {i} expert {e} ends at byte "
                                              f"{off + self.layout.length} but the file has {size}; "
                                              f"the package is truncated, re-copy it")
                 levels = tuple(ExpertLevel(int(lv[C.K_BITS]), lv[C.K_SHA256], self._known(lv[C.K_GRAPH]))
                                for lv in r[C.K_LEVELS])
+                if [lv.bits for lv in levels] != bits:
+                    raise PackageError(f"layer {i} expert {e}: manifest levels {[lv.bits for lv in levels]} "
+                                       f"differ from the ladder {bits}; re-export the package")
+                if (i, e) in self.experts:
+                    raise PackageError(f"manifest lists layer {i} expert {e} twice; re-export the package")
                 self.experts[(i, e)] = ExpertEntry(i, e, rel, off, levels)
         want = {(i, e) for i in self.arch.moe_layers for e in range(self.arch.num_experts)}
         if set(self.experts) != want:
-            missing = sorted(want - set(self.experts))[:5]
-            raise PackageError(f"manifest lacks expert records {missing}; re-export the package")
+            missing, extra = sorted(want - set(self.experts))[:5], sorted(set(self.experts) - want)[:5]
+            raise PackageError(f"manifest expert records do not match the arch (missing {missing}, "
+                               f"unexpected {extra}); re-export the package")
 
     # ---- access ----
     def path(self, rel: str) -> Path:

@@ -52,12 +52,13 @@ class PackageWriter:
 
     def __init__(self, out, overwrite: bool = False):
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise PackageError(f"{self.out} already exists; pass --overwrite to replace it or choose "
-                               f"another output path")
+        # a folder that is not a package is never replaced, so check that before suggesting --overwrite
         if self.out.exists() and not (self.out / C.MANIFEST).exists():
             raise PackageError(f"{self.out} exists and is not an edgemoe package; refusing to replace "
                                f"it. Remove it yourself or choose another output path")
+        if self.out.exists() and not overwrite:
+            raise PackageError(f"{self.out} already exists; pass --overwrite to replace it or choose "
+                               f"another output path")
         self.stage = self.out.with_name(self.out.name + C.PARTIAL_SUFFIX)
         try:
             if self.stage.exists():  # left by an interrupted export

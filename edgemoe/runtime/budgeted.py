@@ -18,6 +18,9 @@ from edgemoe.runtime.loader import Loader
 from edgemoe.schedulers.base import CacheView, LayerRequest
 
 
+HEAT_DECAY = 0.9   # per step: heat follows roughly the last ten tokens' routing
+
+
 class BudgetedExperts:
     def __init__(self, pkg: Package, backend, capacity: int, policy, level: int | None,
                  io_threads: int = 2, direct: bool = True, read_delay_s: float = 0.0, trace=None):
@@ -26,7 +29,8 @@ class BudgetedExperts:
         self.loader = Loader(pkg, threads=io_threads, direct=direct, read_delay_s=read_delay_s)
         self.trace = trace
         self.step = 0
-        self.heat: dict = defaultdict(float)
+        self.heat: dict = defaultdict(float)        # EMA of the share of tokens routed to each expert
+        self._step_use: dict = defaultdict(float)
         self.uses: dict = defaultdict(int)
         self.last_use: dict = {}
         self.stats = defaultdict(float)
@@ -142,7 +146,7 @@ class BudgetedExperts:
                 self.cache.reserve(key, idx, self.loader.submit(*key, idx))
         for e, c in needed:
             key = (layer, e)
-            self.heat[key] += c
+            self._step_use[key] += c / len(x)
             self.uses[key] += 1
             self.last_use[key] = self.step
         self.stats["expert_calls"] += len(plan.compute)
@@ -156,6 +160,12 @@ class BudgetedExperts:
         return out
 
     def end_step(self):
+        """Close a forward step: fold this step's routing into the heat (EMA over steps)."""
+        for k in self.heat:
+            self.heat[k] *= HEAT_DECAY
+        for k, v in self._step_use.items():
+            self.heat[k] += (1 - HEAT_DECAY) * v
+        self._step_use.clear()
         self.step += 1
 
     def close(self):

@@ -8,7 +8,9 @@
   expert first, so every needed expert becomes computable as early as possible.
 - Compute: experts already resident first (they hide the first reads), then in the order their
   last needed chunk was queued: each runs as soon as its chunk lands while the next reads proceed.
-- Room: drop tail chunks of experts above their target first (no I/O), then evict the coldest.
+- Room: drop tail chunks of experts above their target first (no I/O), then evict the expert
+  expected to be needed last (``_worth``: a Belady estimate from heat and layer order); experts
+  predicted for the next layer are kept.
 - Prefetch: the predicted experts of the next layer, lowest chunk only, if it fits without evicting
   anything hotter than them.
 """
@@ -26,6 +28,7 @@ class HEBF:
 
     def __init__(self, experts: list[Key] | None = None):
         self._experts = experts or []
+        self._layers = sorted({layer for layer, _ in self._experts})
         self._targets: dict[Key, int] = {}
         self._assigned_at = -REASSIGN_EVERY
 
@@ -57,13 +60,27 @@ class HEBF:
                        key=lambda r: (r[1], by_heat.index(r[0])))
         need = sum(view.chunk_bytes[i] for _, i in loads)
         victims = sorted((k for k in view.levels if k not in keys),
-                         key=lambda k: (view.heat.get(k, 0.0), view.last_use.get(k, -1), k))
+                         key=lambda k: (self._worth(k, req.layer, view, frozenset(req.predicted)),
+                                        view.last_use.get(k, -1), k))
         drops, freed = make_room(view, need, set(keys), victims, targets or None)
         hits = [k for k in by_heat if not reads[k]]
         last = {k: max(loads.index(r) for r in reads[k]) for k in keys if reads[k]}
         order = hits + sorted(last, key=last.get)
         prefetch = self._prefetch(req, view, targets, need - freed, set(keys))
         return Plan(tuple(drops), tuple(loads), tuple((k[1], want[k]) for k in order), prefetch)
+
+    def _worth(self, key: Key, layer: int, view: CacheView, predicted=frozenset()) -> float:
+        """1 / expected layer-steps until ``key`` is used again: its layer comes up in d steps
+        (1 = the next layer) and is then chosen with probability p = heat, so the expected wait is
+        d + n_layers * (1/p - 1): a Belady estimate from the routing statistics."""
+        if key in predicted:
+            return float("inf")
+        n = max(len(self._layers), 1)
+        here = self._layers.index(layer) if layer in self._layers else 0
+        there = self._layers.index(key[0]) if key[0] in self._layers else here
+        d = (there - here - 1) % n + 1
+        p = min(view.heat.get(key, 0.0), 1.0)
+        return 0.0 if p <= 0 else 1.0 / (d + n * (1.0 / p - 1.0))
 
     def _prefetch(self, req, view, targets, committed: int, protect: set) -> tuple:
         room = view.capacity - view.used - max(committed, 0)
