@@ -190,6 +190,12 @@ class Package:
                                      f"re-copy or re-export the package")
         return data
 
+    def check_file(self, rel: str) -> None:
+        """Check a listed file's sha256 without holding it in memory."""
+        if sha256_file(self.root / rel) != self.files[rel][C.K_SHA256]:
+            raise CorruptRecordError(f"{rel} in {self.root} does not match its sha256: corrupt; "
+                                     f"re-copy or re-export the package")
+
     def verify(self, experts: bool = True) -> int:
         """Check every file's sha256 (and every expert chunk's); returns the bytes hashed."""
         n = 0

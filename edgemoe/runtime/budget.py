@@ -45,7 +45,7 @@ def fmt_size(n: int) -> str:
 @dataclass(frozen=True)
 class BudgetPlan:
     budget: int
-    dense: int          # dense graph weights (held by onnxruntime) + session overhead
+    dense: int          # dense graphs as onnxruntime holds them + tokenizer (measured, or estimated)
     kv_cache: int       # K and V for ``context`` tokens, every layer
     work: int           # transient buffers: activations, logits, one dequantized matrix
     experts: int        # what is left: the expert cache (resident + in-flight chunks)
@@ -68,17 +68,18 @@ def work_bytes(pkg: Package, max_tokens: int) -> int:
 
 
 def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = 128,
-                level: int | None = None) -> BudgetPlan:
+                level: int | None = None, measured_fixed: int = 0) -> BudgetPlan:
     """Split ``budget`` into its parts.
 
     ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
     NN% of the experts at the top level, i.e. the share of the expert weights that fits. (A share
     of the whole package would be meaningless for dense-heavy models, whose fixed part alone can
-    exceed 25% of the package.)
+    exceed 25% of the package.) ``measured_fixed``: the resident memory the runtime measured while
+    loading the dense sessions and the tokenizer; it replaces the dense estimate when larger.
     """
     a = pkg.arch
     n_sessions = a.num_layers + 2
-    dense = pkg.dense_bytes() + n_sessions * ORT_SESSION_OVERHEAD
+    dense = max(pkg.dense_bytes() + n_sessions * ORT_SESSION_OVERHEAD, int(measured_fixed))
     kv = KVCache.bytes_for(a, context)
     work = work_bytes(pkg, min(prefill_chunk, context))
     fixed = dense + kv + work

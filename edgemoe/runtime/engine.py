@@ -23,6 +23,7 @@ from edgemoe.runtime.expert_store import ExpertStore
 from edgemoe.runtime.budget import plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
 from edgemoe.runtime.kv_cache import KVCache
+from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes
 from edgemoe.runtime.rope import causal_mask, rope_tables
 from edgemoe.runtime.routing import route
 from edgemoe.runtime.sampling import Sampler, SamplingConfig
@@ -70,14 +71,16 @@ class Runtime:
         self.level = None if auto else (ladder[-1] if level is None else int(level))
         if self.level is not None:
             self.pkg.quant.level_index(self.level)  # ConfigError naming the valid levels
+        if budget is not None:
+            pin_malloc_mmap_threshold()
+        rss0 = rss_bytes()
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
         so.enable_cpu_mem_arena = False
         for rel in [self.pkg.embed_graph, self.pkg.head_graph, *self.pkg.layer_graphs]:
-            self.pkg.read_file(rel)  # sha256 check of the graph; its .data is checked below
-            data = rel + ".data"
-            if data in self.pkg.files:
-                self.pkg.read_file(data)
+            self.pkg.check_file(rel)  # streamed sha256 of the graph and of its .data
+            if rel + ".data" in self.pkg.files:
+                self.pkg.check_file(rel + ".data")
         load = lambda rel: ort.InferenceSession(str(self.pkg.path(rel)), so,  # noqa: E731
                                                 providers=["CPUExecutionProvider"])
         self._embed = load(self.pkg.embed_graph)
@@ -101,7 +104,11 @@ class Runtime:
             self.budgeted = None
             return
         self.backend = get_backend(backend or "planes")
-        self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level)
+        if self.pkg.tokenizer_file is not None:
+            self.tokenizer  # noqa: B018  (load it now so its memory is measured as fixed)
+        measured = rss_bytes() - rss0 if rss0 else 0
+        self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level,
+                                       measured_fixed=measured)
         if trace is not None:
             from edgemoe.runtime.trace import TraceWriter
             self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
