@@ -256,7 +256,7 @@ def demo(prompt, max_new_tokens, level, budget, greedy, as_json):
     click.echo("\n")
     click.echo(f"  {report['tokens']} tokens: first after {report['time_to_first_token_s']:.2f} s, "
                f"then {report['decode_tokens_per_s']:.1f} tokens/s")
-    click.echo(f"  budget {report['budget_bytes'] / mib:.1f} MiB (dense {report['dense_bytes'] / mib:.1f} "
+    click.echo(f"  budget {report['budget_bytes'] / mib:.1f} MiB (fixed {report['dense_bytes'] / mib:.1f} "
                f"MiB + expert cache {report['expert_cache_bytes'] / mib:.1f} MiB for "
                f"{report['package_expert_bytes'] / mib:.1f} MiB of 8-bit experts); "
                f"peak RSS {report['peak_rss_bytes'] / mib:.0f} MiB")

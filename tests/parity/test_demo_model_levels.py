@@ -1,0 +1,30 @@
+"""Level-8 fidelity on the trained built-in model (real weights, real text): top-1 agreement with the
+unquantized experts over 256 teacher-forced held-out positions, per level."""
+from __future__ import annotations
+
+import pytest
+
+from edgemoe.demo import ASSET
+from edgemoe.exporters.export import export
+from edgemoe.quant.spec import QuantSpec
+from edgemoe.runtime.engine import Runtime
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    if not (ASSET / "config.json").exists():
+        pytest.skip("the built-in model is not in this checkout")
+    d = tmp_path_factory.mktemp("demo")
+    return export(ASSET, d / "f32.edgemoe", QuantSpec.float32()), export(ASSET, d / "q.edgemoe")
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["fp32-compute", "int8-activations"])
+def test_level8_top1_agreement_on_heldout(packages, exact):
+    f32, q = packages
+    ref = Runtime(f32)
+    ids = ref.encode((ASSET / "heldout.txt").read_text())[5000:5256]
+    want = ref.forward(ids).argmax(-1)
+    agree = {b: (Runtime(q, level=b, exact=exact).forward(ids).argmax(-1) == want).mean()
+             for b in (8, 4, 2)}
+    assert agree[8] >= 0.99
+    assert agree[8] >= agree[4] >= agree[2] > 0.5
