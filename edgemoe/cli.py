@@ -204,27 +204,34 @@ def run(package, prompt, max_new_tokens, level, budget, policy, context, trace, 
 @click.argument("package", type=click.Path())
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="UTF-8 text file to score")
-@click.option("--level", type=int, default=None, help="expert bits (a ladder level); default highest")
+@click.option("--level", type=LEVEL, default=None,
+              help="expert bits (a ladder level, default the highest), or 'auto' under --budget")
+@click.option("--budget", default=None, help="memory budget (as for `run`); default all resident")
+@click.option("--policy", default="hebf", show_default=True, type=click.Choice(["hebf", "lru", "lfu"]))
 @click.option("--window", default=256, show_default=True, type=click.IntRange(2),
               help="tokens per window (each window starts a fresh KV cache)")
 @click.option("--max-tokens", default=None, type=click.IntRange(2), help="score only this many tokens")
 @click.option("--exact", is_flag=True, help="fp32 expert compute instead of int8 activations")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def eval_cmd(package, text_file, level, window, max_tokens, exact, as_json):
+def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exact, as_json):
     """Perplexity and bits per byte of PACKAGE on a text file."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.evaluate import evaluate
 
-    rt = Runtime(package, level=level, exact=exact)
+    rt = Runtime(package, level=level, exact=exact, budget=budget, policy=policy,
+                 context=window)
     with open(text_file, encoding="utf-8", errors="replace") as f:
         text = f.read()
     bar = None if as_json else _bar("scoring")
     res = evaluate(rt, text, window=window, max_tokens=max_tokens,
                    progress=(lambda d, t: bar("window", d, t)) if bar else None)
+    stats = rt.stats()
+    rt.close()
     if as_json:
-        click.echo(json.dumps(res.to_dict(), indent=2))
+        click.echo(json.dumps({**res.to_dict(), "budget": budget, "stats": stats}, indent=2))
     else:
-        click.echo(f"level {res.level}: perplexity {res.perplexity:.3f}, {res.bits_per_byte:.4f} bits/byte "
+        mix = f", levels used {stats['level_mix']}" if budget else ""
+        click.echo(f"level {res.level or 'auto'}{mix}: perplexity {res.perplexity:.3f}, {res.bits_per_byte:.4f} bits/byte "
                    f"over {res.tokens:,} tokens ({res.windows} windows, {res.seconds:.1f} s)")
 
 
