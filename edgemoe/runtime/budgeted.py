@@ -14,6 +14,7 @@ import numpy as np
 from edgemoe.errors import BudgetError
 from edgemoe.package.reader import Package
 from edgemoe.runtime.cache import ExpertCache
+from edgemoe.runtime.events import Event
 from edgemoe.runtime.loader import Loader
 from edgemoe.schedulers.base import CacheView, LayerRequest
 
@@ -23,10 +24,13 @@ HEAT_DECAY = 0.9   # per step: heat follows roughly the last ten tokens' routing
 
 class BudgetedExperts:
     def __init__(self, pkg: Package, backend, capacity: int, policy, level: int | None,
-                 io_threads: int = 2, direct: bool = True, read_delay_s: float = 0.0, trace=None):
+                 io_threads: int = 2, direct: bool = True, read_delay_s: float = 0.0, trace=None,
+                 events=None):
         self.pkg, self.backend, self.policy, self.level = pkg, backend, policy, level
         self.cache = ExpertCache(capacity, pkg.layout)
-        self.loader = Loader(pkg, threads=io_threads, direct=direct, read_delay_s=read_delay_s)
+        self.loader = Loader(pkg, threads=io_threads, direct=direct, read_delay_s=read_delay_s,
+                             events=events)
+        self.events = events
         self.trace = trace
         self.step = 0
         self.heat: dict = defaultdict(float)        # EMA of the share of tokens routed to each expert
@@ -62,9 +66,12 @@ class BudgetedExperts:
         while len(e.chunks) < want:
             idx = len(e.chunks)
             fut = e.pending[idx]
+            t0 = time.perf_counter()
             if not fut.done():
                 hit = False
             self.cache.land(key, idx, self.loader.wait(fut))
+            if self.events is not None and not hit:
+                self.events(Event("wait", t0, time.perf_counter(), self.step, key[0], key[1], bits))
         return hit
 
     def _pump(self, queue: deque, waiting: set, force: bool = False) -> bool:
@@ -133,7 +140,10 @@ class BudgetedExperts:
             rows, slot = np.nonzero(experts == e)
             t0 = time.perf_counter()
             out[rows] += weights[rows, slot, None] * self.backend.run(handle, x[rows])
-            t_compute += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            t_compute += t1 - t0
+            if self.events is not None:
+                self.events(Event("compute", t0, t1, self.step, layer, e, bits, len(rows)))
             used_bits.append(bits)
             self.level_mix[bits] += len(rows)
             entry.last_use, entry.uses = self.step, entry.uses + 1
@@ -161,6 +171,9 @@ class BudgetedExperts:
 
     def end_step(self):
         """Close a forward step: fold this step's routing into the heat (EMA over steps)."""
+        if self.events is not None:
+            now = time.perf_counter()
+            self.events(Event("memory", now, now, self.step, nbytes=self.cache.used))
         for k in self.heat:
             self.heat[k] *= HEAT_DECAY
         for k, v in self._step_use.items():

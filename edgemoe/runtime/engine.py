@@ -19,6 +19,7 @@ from edgemoe.backends import get_backend
 from edgemoe.errors import ConfigError, PackageError
 from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import DENSE_OUTPUTS, MOE_OUTPUTS
+from edgemoe.runtime.events import Event
 from edgemoe.runtime.expert_store import ExpertStore
 from edgemoe.runtime.budget import plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
@@ -60,7 +61,8 @@ class Runtime:
     def __init__(self, package, level: int | str | None = None, backend: str | None = None,
                  threads: int = 1, exact: bool = False, budget=None, policy: str = "hebf",
                  context: int = 512, trace=None, prefetch: bool = True, io_threads: int = 2,
-                 direct_io: bool = True, read_delay_s: float = 0.0, policy_args: dict | None = None):
+                 direct_io: bool = True, read_delay_s: float = 0.0, policy_args: dict | None = None,
+                 events=None):
         self.pkg = package if isinstance(package, Package) else Package(package)
         self.arch = self.pkg.arch
         ladder = self.pkg.quant.ladder
@@ -93,6 +95,8 @@ class Runtime:
         self.trace = None
         self._routers = {}
         self.recall = [0, 0]                        # prefetch prediction: (hits, actual)
+        self.events = events                        # an EventSink (see runtime/events.py) or None
+        self._step = 0
         if budget is None:
             self.backend = get_backend(backend or "ort",
                                        **({"exact": exact} if (backend or "ort") == "ort" else {}))
@@ -118,7 +122,7 @@ class Runtime:
         self.policy = make_policy(policy, experts=keys, **(policy_args or {}))
         self.budgeted = BudgetedExperts(self.pkg, self.backend, self.budget_plan.experts, self.policy,
                                         self.level, io_threads=io_threads, direct=direct_io,
-                                        read_delay_s=read_delay_s, trace=self.trace)
+                                        read_delay_s=read_delay_s, trace=self.trace, events=events)
         self.store = self.budgeted.loader
         if prefetch:
             from edgemoe.package.graph_io import ROUTER_WEIGHT, read_initializer
@@ -159,6 +163,7 @@ class Runtime:
         if past + t > self.arch.max_position:
             raise ConfigError(f"sequence of {past + t} tokens exceeds the model's max_position "
                               f"{self.arch.max_position}; reset() or shorten the prompt")
+        t_step = time.perf_counter()
         hidden = self._embed.run(None, {"ids": ids})[0]
         cos, sin = rope_tables(self.arch, np.arange(past, past + t))
         mask = causal_mask(past, t)
@@ -167,16 +172,25 @@ class Runtime:
         for i, sess in enumerate(self._layers):
             pk, pv = self.kv.get(i)
             feeds = {"hidden": hidden, "cos": cos, "sin": sin, "mask": mask, "past_k": pk, "past_v": pv}
-            if self.arch.is_moe_layer(i):
-                residual, moe_in, logits, k, v = sess.run(MOE_OUTPUTS, feeds)
+            t0 = time.perf_counter()
+            moe = self.arch.is_moe_layer(i)
+            outs = sess.run(MOE_OUTPUTS if moe else DENSE_OUTPUTS, feeds)
+            if self.events is not None:
+                self.events(Event("dense", t0, time.perf_counter(), self._step, i))
+            if moe:
+                residual, moe_in, logits, k, v = outs
                 hidden = residual + self.arch.residual_multiplier * self._moe(i, moe_in, logits)
             else:
-                hidden, k, v = sess.run(DENSE_OUTPUTS, feeds)
+                hidden, k, v = outs
             self.kv.put(i, k, v)
         self.kv.advance(t)
         if self.budgeted is not None:
             self.budgeted.end_step()
-        return self._head.run(None, {"hidden": hidden})[0]
+        logits = self._head.run(None, {"hidden": hidden})[0]
+        if self.events is not None:
+            self.events(Event("step", t_step, time.perf_counter(), self._step, nbytes=t))
+        self._step += 1
+        return logits
 
     def _moe(self, layer: int, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Expert-major: each chosen expert runs once on all tokens routed to it."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgemoe.errors import CorruptRecordError, PackageError
 from edgemoe.package.reader import Package
+from edgemoe.runtime.events import Event
 
 
 def aligned_buffer(n: int) -> mmap.mmap:
@@ -30,10 +31,11 @@ class Loader:
     """Reads expert record chunks in the background; ``submit`` returns a Future of the buffer."""
 
     def __init__(self, pkg: Package, threads: int = 2, direct: bool = True, verify: bool = True,
-                 read_delay_s: float = 0.0):
+                 read_delay_s: float = 0.0, events=None):
         self.pkg, self.layout, self.verify = pkg, pkg.layout, verify
         self.direct = direct and hasattr(os, "O_DIRECT")
         self.read_delay_s = read_delay_s        # to emulate a slower disk in tests and benchmarks
+        self.events = events
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgemoe-io")
         self._fds: dict[tuple[str, bool], int] = {}
         self._lock = threading.Lock()
@@ -89,11 +91,14 @@ class Loader:
             raise CorruptRecordError(f"{entry.file}: layer {layer} expert {expert} level {chunk.bits} "
                                      f"does not match its sha256: the record is corrupt; re-copy or "
                                      f"re-export the package")
+        t1 = time.perf_counter()
         with self._lock:
             self.bytes_read += n
             self.reads += 1
-            self.io_seconds += time.perf_counter() - t0
+            self.io_seconds += t1 - t0
             self.used_direct = self.used_direct or direct
+        if self.events is not None:
+            self.events(Event("read", t0, t1, layer=layer, expert=expert, bits=chunk.bits, nbytes=n))
         return buf
 
     def submit(self, layer: int, expert: int, index: int) -> Future:
