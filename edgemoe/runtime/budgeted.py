@@ -16,10 +16,10 @@ from edgemoe.package.reader import Package
 from edgemoe.runtime.cache import ExpertCache
 from edgemoe.runtime.events import Event
 from edgemoe.runtime.loader import Loader
-from edgemoe.schedulers.base import CacheView, LayerRequest
+from edgemoe.schedulers.base import CacheView, Heat, LayerRequest
 
 
-HEAT_DECAY = 0.9   # per step: heat follows roughly the last ten tokens' routing
+HEAT_DECAY = 0.99  # per step: heat follows roughly the last hundred tokens' routing (best of 0.9-0.999 on a 336-token trace)
 
 
 class BudgetedExperts:
@@ -33,8 +33,7 @@ class BudgetedExperts:
         self.events = events
         self.trace = trace
         self.step = 0
-        self.heat: dict = defaultdict(float)        # EMA of the share of tokens routed to each expert
-        self._step_use: dict = defaultdict(float)
+        self.heat = Heat(HEAT_DECAY)
         self.uses: dict = defaultdict(int)
         self.last_use: dict = {}
         self.stats = defaultdict(float)
@@ -156,7 +155,7 @@ class BudgetedExperts:
                 self.cache.reserve(key, idx, self.loader.submit(*key, idx))
         for e, c in needed:
             key = (layer, e)
-            self._step_use[key] += c / len(x)
+            self.heat.use(key, c / len(x))
             self.uses[key] += 1
             self.last_use[key] = self.step
         self.stats["expert_calls"] += len(plan.compute)
@@ -174,11 +173,7 @@ class BudgetedExperts:
         if self.events is not None:
             now = time.perf_counter()
             self.events(Event("memory", now, now, self.step, nbytes=self.cache.used))
-        for k in self.heat:
-            self.heat[k] *= HEAT_DECAY
-        for k, v in self._step_use.items():
-            self.heat[k] += (1 - HEAT_DECAY) * v
-        self._step_use.clear()
+        self.heat.end_step()
         self.step += 1
 
     def close(self):

@@ -46,6 +46,25 @@ class Plan:
     prefetch: tuple[tuple[Key, int], ...] = ()  # chunk reads for later layers, after ``loads``
 
 
+class Heat(dict):
+    """Per-expert heat: an EMA over steps of the share of a step's tokens routed to the expert."""
+
+    def __init__(self, decay: float = 0.99):
+        super().__init__()
+        self.decay = decay
+        self._step: dict = {}
+
+    def use(self, key: Key, share: float) -> None:
+        self._step[key] = self._step.get(key, 0.0) + share
+
+    def end_step(self) -> None:
+        for k in self:
+            self[k] *= self.decay
+        for k, v in self._step.items():
+            self[k] = self.get(k, 0.0) + (1 - self.decay) * v
+        self._step.clear()
+
+
 class Policy(Protocol):
     name: str
 

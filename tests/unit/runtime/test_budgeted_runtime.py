@@ -106,3 +106,22 @@ def test_corrupt_record_mid_run_is_a_typed_error(pkg, tmp_path):
     with pytest.raises(CorruptRecordError, match=r"L002/records.bin: layer 2 expert \d+"):
         _run(rt)
     rt.close()
+
+
+@pytest.mark.parametrize("policy", ["lru", "hebf"])
+def test_replay_matches_the_engine_bytes(pkg, tmp_path, policy):
+    """The trace replay (no model run) reads what the engine read, byte for byte."""
+    from edgemoe.schedulers import make_policy
+    from edgemoe.schedulers.replay import replay, steps_from_trace
+
+    trace = tmp_path / "t.jsonl"
+    rt = Runtime(pkg, level=8, budget="40%", policy=policy, prefetch=False, trace=trace)
+    _run(rt)
+    real, cap = rt.stats()["expert_bytes_read"], rt.budget_plan.experts
+    rt.close()
+    _, records = read_trace(trace)
+    p = rt.pkg
+    pol = make_policy(policy, experts=sorted(p.experts))
+    got = replay(pol, steps_from_trace(records), cap, p.quant.ladder,
+                 tuple(c.length for c in p.layout.chunks), level=8, top_k=p.arch.top_k)
+    assert got.bytes_total == real
