@@ -1,0 +1,37 @@
+"""The `hls` expert backend on this machine: the FPGA's integer path (``int_path``) in numpy, so a
+run shows exactly the numbers the board would compute; ``prepare`` writes the HLS project."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgemoe.backends.hls.int_path import expert_int
+from edgemoe.backends.planes.backend import slot_array
+
+
+class HlsBackend:
+    name = "hls"
+
+    def is_available(self) -> bool:
+        return True
+
+    @staticmethod
+    def resident_bytes(layout, bits: int) -> int:
+        return layout.prefix_length(bits)
+
+    def prepare(self, pkg, device: str = "zcu102", out: Path | None = None) -> Path:
+        """Write the HLS project (kernel, testbench, Vitis script, test vectors) for ``device``."""
+        from edgemoe.backends.hls.project import write_project
+
+        return write_project(pkg, out or pkg.root / "kernels" / device / "hls", device)
+
+    def load(self, pkg, layer, expert, bits, buf):
+        layout, spec = pkg.layout, pkg.quant
+        views = {}
+        for c in layout.chunks[: spec.level_index(bits) + 1]:
+            for t in c.tensors:
+                views[(t.matrix, t.role, c.bits)] = slot_array(buf, layout, t)
+        return layout, views, bits
+
+    def run(self, handle, x):
+        layout, views, bits = handle
+        return expert_int(layout, views, bits, x)
