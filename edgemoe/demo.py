@@ -36,9 +36,9 @@ def builtin_package(progress=None) -> Path:
 
     h = hashlib.sha256(f"{__version__}/{FORMAT_VERSION}".encode())
     for f in sorted(src.iterdir()):
-        if f.suffix in (".json", ".safetensors"):
+        if f.suffix in (".json", ".safetensors"):   # content, so retrained weights re-export
             h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
     out = cache_dir() / f"tiny-moe-{h.hexdigest()[:12]}.edgemoe"
     if not (out / "manifest.yaml").exists():
         from edgemoe.exporters.export import export
