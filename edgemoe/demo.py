@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def builtin_package(progress=None) -> Path:
         from edgemoe.exporters.export import export
         out.parent.mkdir(parents=True, exist_ok=True)
         export(src, out, overwrite=out.exists(), progress=progress)
+        for old in out.parent.glob("tiny-moe-*.edgemoe"):   # exports of an older built-in model
+            if old != out and (old / "manifest.yaml").exists():
+                shutil.rmtree(old, ignore_errors=True)
     return out
 
 
