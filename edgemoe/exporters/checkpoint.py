@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from edgemoe.errors import CheckpointError
 _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
            "F64": (np.float64, 8), "I64": (np.int64, 8), "I32": (np.int32, 4),
            "U8": (np.uint8, 1), "BOOL": (np.bool_, 1)}
+_FLOATS = ("F32", "F16", "BF16", "F64")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,28 @@ def _read_header(path: Path) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: safetensors header is not a JSON object; re-download it")
     return header, 8 + n
+
+
+_WIDEN_CHUNK = 1 << 20  # elements widened per step
+
+
+def _widen_in_place(out: np.ndarray, raw: np.ndarray, shift: bool):
+    """``out[k] = raw[k]`` (``<< 16`` when ``shift``: bf16 bits -> float32 bits) for every k, where
+    ``raw`` (2-byte items) is the upper half of ``out``'s own 4-byte buffer.
+
+    Widening runs front to back in chunks: chunk ``[i, j)`` writes 2-byte slots ``[2i, 2j)`` and
+    reads slots ``[n + i, n + j)``, so it never clobbers a later chunk's source (``2j <= n + j``);
+    only the last chunks, whose writes reach their own source (``2j > n + i``), copy it first.
+    """
+    n = out.size
+    for i in range(0, n, _WIDEN_CHUNK):
+        j = min(n, i + _WIDEN_CHUNK)
+        src = raw[i:j]
+        if 2 * j > n + i:
+            src = src.copy()
+        out[i:j] = src
+        if shift:
+            out[i:j] <<= 16
 
 
 class Checkpoint:
@@ -142,25 +166,73 @@ class Checkpoint:
             raise CheckpointError(f"tensor {name!r} is missing from the checkpoint in {self.path}; "
                                   f"is it the family its config.json says it is?") from None
 
-    def read(self, name: str) -> np.ndarray:
-        """Read one tensor as float32 (integers keep their dtype), without touching the others."""
+    def _checked(self, name: str) -> tuple[TensorInfo, int]:
+        """The tensor's index entry and element count, after checking its byte length."""
         info = self._info(name)
-        np_dtype, itemsize = _DTYPES[info.dtype]
         count = int(np.prod(info.shape, dtype=np.int64)) if info.shape else 1
-        if count * itemsize != info.nbytes:
+        if count * _DTYPES[info.dtype][1] != info.nbytes:
             raise CheckpointError(f"{info.file.name}: tensor {name} has {info.nbytes} bytes for "
                                   f"shape {info.shape} {info.dtype}; the shard is corrupt")
-        with open(info.file, "rb") as f:
-            f.seek(info.start)
-            raw = f.read(info.nbytes)
-        if len(raw) != info.nbytes:
-            raise CheckpointError(f"{info.file.name} is truncated while reading {name}; re-download it")
-        arr = np.frombuffer(raw, dtype=np_dtype, count=count).reshape(info.shape)
+        return info, count
+
+    def read(self, name: str) -> np.ndarray:
+        """Read one tensor as float32 (integers keep their dtype), without touching the others.
+
+        The bytes are read straight into the result's own buffer: a bf16 or fp16 tensor into the
+        upper half of its float32 result, then widened in place, so reading a tensor never holds
+        more than the result (no bytes object, no intermediate arrays, no final copy).
+        """
+        info, count = self._checked(name)
+        return self._read_elems(info, 0, count).reshape(info.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a tensor (along its first axis), exactly as ``read(name)[start:stop]``
+        but reading only their bytes."""
+        info, _ = self._checked(name)
+        if not info.shape or not 0 <= start <= stop <= info.shape[0]:
+            raise ValueError(f"rows [{start}, {stop}) are not in tensor {name} of shape {info.shape}")
+        row = int(np.prod(info.shape[1:], dtype=np.int64))
+        return self._read_elems(info, start * row, (stop - start) * row).reshape(
+            (stop - start, *info.shape[1:]))
+
+    def row_blocks(self, name: str, block_bytes: int = 16 << 20) -> Iterator[np.ndarray]:
+        """``read(name)`` as consecutive blocks of rows of about ``block_bytes`` each (as read)."""
+        info, _ = self._checked(name)
+        rows = info.shape[0] if info.shape else 0
+        per_row = int(np.prod(info.shape[1:], dtype=np.int64)) * self.dtype(name).itemsize
+        step = max(1, block_bytes // max(1, per_row))
+        for r0 in range(0, rows, step):
+            yield self.read_rows(name, r0, min(rows, r0 + step))
+
+    def dtype(self, name: str) -> np.dtype:
+        """The dtype ``read(name)`` returns: float32 for every float source, else the stored one."""
+        stored = self._info(name).dtype
+        return np.dtype(np.float32) if stored in _FLOATS else np.dtype(_DTYPES[stored][0])
+
+    def _read_elems(self, info: TensorInfo, first: int, count: int) -> np.ndarray:
+        """Elements ``[first, first + count)`` of a tensor, flat, converted as ``read`` documents."""
+        np_dtype, itemsize = _DTYPES[info.dtype]
+        widen = info.dtype in ("BF16", "F16")
+        out = np.empty(count, dtype=np.uint32 if info.dtype == "BF16" else
+                       np.float32 if widen else np_dtype)
+        raw = out.view(np.uint16 if info.dtype == "BF16" else np.float16)[count:] if widen else out
+        nbytes = count * itemsize
+        with open(info.file, "rb", buffering=0) as f:
+            f.seek(info.start + first * itemsize)
+            view, got = memoryview(raw).cast("B"), 0
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise CheckpointError(f"{info.file.name} is truncated while reading {info.name}; "
+                                          f"re-download it")
+                got += n
+        if widen:
+            _widen_in_place(out, raw, shift=info.dtype == "BF16")
         if info.dtype == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        elif np.issubdtype(arr.dtype, np.floating):
-            arr = arr.astype(np.float32)
-        return np.array(arr)  # own, writable copy
+            return out.view(np.float32)
+        if info.dtype == "F64":
+            return out.astype(np.float32)
+        return out
 
     def fingerprint(self) -> str:
         """sha256 over config.json and every shard's header and size (cheap; identifies the source)."""

@@ -19,7 +19,7 @@ from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
 from edgemoe.package.graph_io import DENSE_OUTPUTS, LAYER_INPUTS, MOE_OUTPUTS, ROUTER_WEIGHT  # noqa: F401
-from edgemoe.package.onnx_util import GraphBuilder
+from edgemoe.package.onnx_util import ExternalData, GraphBuilder, RowBlocks
 
 F = TensorProto.FLOAT
 
@@ -43,7 +43,7 @@ def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarra
 def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = None,
             name: str | None = None) -> str:
     """x [..., K] @ w[N, K]^T (+ bias) -> [..., N]; weight stored transposed once, as [K, N]."""
-    y = b.op("MatMul", x, b.const(np.ascontiguousarray(w.T), name))
+    y = b.op("MatMul", x, b.const_t(w, name))
     return y if bias is None else b.op("Add", y, b.const(bias))
 
 
@@ -100,15 +100,17 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict) -> str:
     return _linear(b, ctx, w["o"], w.get("o_bias"))
 
 
-def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray]) -> onnx.ModelProto:
+def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
+                data: ExternalData | None = None) -> onnx.ModelProto:
     """The decoder layer ``index`` as an ONNX model (weights as initializers; saved as external data).
 
     ``w`` holds canonical roles: attn_norm(.bias), q, k, v, o (+ *_bias), q_norm, k_norm, mlp_norm(.bias),
     then router (+ shared_gate, shared_up, shared_down, shared_expert_gate) for a MoE layer, or
-    mlp_gate, mlp_up, mlp_down for a dense one.
+    mlp_gate, mlp_up, mlp_down for a dense one. With ``data``, large weights are written to it as
+    the graph is built (see ``PackageWriter.write_graph``); the same holds for the graphs below.
     """
     H, kvh, d = arch.hidden_size, arch.num_kv_heads, arch.head_dim
-    b = GraphBuilder(f"layer{index:03d}")
+    b = GraphBuilder(f"layer{index:03d}", data)
     b.input("hidden", F, ["T", H])
     b.input("cos", F, ["T", arch.rope_dim])
     b.input("sin", F, ["T", arch.rope_dim])
@@ -135,9 +137,10 @@ def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray]) -> onnx.Mod
     return b.model()
 
 
-def embed_graph(arch: MoEArch, embed: np.ndarray) -> onnx.ModelProto:
-    """ids [T] int64 -> hidden [T, H] (times embedding_multiplier)."""
-    b = GraphBuilder("embed")
+def embed_graph(arch: MoEArch, embed: np.ndarray | RowBlocks,
+                data: ExternalData | None = None) -> onnx.ModelProto:
+    """ids [T] int64 -> hidden [T, H] (times embedding_multiplier); ``embed`` [V, H] may be row blocks."""
+    b = GraphBuilder("embed", data)
     b.input("ids", TensorProto.INT64, ["T"])
     h = b.op("Gather", b.const(embed), "ids", axis=0)
     if arch.embedding_multiplier != 1.0:
@@ -146,9 +149,10 @@ def embed_graph(arch: MoEArch, embed: np.ndarray) -> onnx.ModelProto:
     return b.model()
 
 
-def head_graph(arch: MoEArch, w: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """hidden [T, H] -> final norm -> logits [T, V] (+ bias, / logits_scaling)."""
-    b = GraphBuilder("head")
+def head_graph(arch: MoEArch, w: dict, data: ExternalData | None = None) -> onnx.ModelProto:
+    """hidden [T, H] -> final norm -> logits [T, V] (+ bias, / logits_scaling). ``w["lm_head"]`` [V, H]
+    (an array or row blocks) is stored transposed, as [H, V], written block by block to ``data``."""
+    b = GraphBuilder("head", data)
     b.input("hidden", F, ["T", arch.hidden_size])
     x = _norm(b, "hidden", arch, w["final_norm"], w.get("final_norm.bias"))
     logits = _linear(b, x, w["lm_head"], w.get("lm_head.bias"))

@@ -4,7 +4,9 @@ Flow: Checkpoint (index only) -> family adapter -> MoEArch -> weight map resolve
 (fails before anything is written if a tensor is missing or left over) -> per layer: read its dense
 weights, write its ONNX graph, then quantize its experts one at a time into the layer's record file
 and write one small graph per expert and level -> manifest written last -> staged folder renamed.
-At most one layer of source weights is in memory at a time.
+At most one layer of source weights is in memory at a time; graph weights go straight to their
+.data files as the graphs are built, and the vocabulary-sized embedding and LM head are copied
+from the checkpoint in row blocks (~16 MB), never held whole.
 """
 from __future__ import annotations
 
@@ -127,21 +129,23 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     total = arch.num_layers + 2
     tick = progress or (lambda *_: None)
     with PackageWriter(out, overwrite=overwrite) as w:
-        glob = wmap.global_weights()
-        w.write_onnx(C.GRAPHS_DIR + "/embed.onnx", embed_graph(arch, glob["embed"]))
+        # Each dense graph streams its weights into its .data file as it is built. The embedding
+        # and the LM head are copied from the checkpoint in row blocks, never held whole; both are
+        # resolved (and their shapes checked) here, before any layer is exported.
+        embed, head = wmap.embed_rows(), wmap.head_weights()
+        w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data))
         tick("embed", 1, total)
         layer_paths, expert_entries = [], []
         for i in range(arch.num_layers):
             lw = wmap.layer_weights(i)
             layer_paths.append(C.layer_graph_path(i))
-            w.write_onnx(layer_paths[-1], layer_graph(arch, i, lw))
+            w.write_graph(layer_paths[-1], lambda data, i=i, lw=lw: layer_graph(arch, i, lw, data))
             del lw
             if arch.is_moe_layer(i):
                 expert_entries.append(_write_experts(w, wmap, arch, layout, quant, i))
             tick(f"layer {i}", i + 2, total)
-        head = {k: v for k, v in glob.items() if k != "embed"}
-        w.write_onnx(C.GRAPHS_DIR + "/head.onnx", head_graph(arch, head))
-        del glob, head
+        w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data))
+        del embed, head
         wmap.check_complete()
         tokenizer = None
         tok_src = Path(src) / C.TOKENIZER_FILE

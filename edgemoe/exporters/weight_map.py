@@ -14,6 +14,7 @@ from edgemoe.arch import MoEArch
 from edgemoe.errors import CheckpointError
 from edgemoe.exporters.checkpoint import Checkpoint
 from edgemoe.exporters.families.base import FamilyAdapter
+from edgemoe.package.onnx_util import RowBlocks
 
 
 def _alts(t) -> tuple[str, ...]:
@@ -66,8 +67,37 @@ class WeightMap:
                 for role, alts in names.items()}
 
     # ---- public ----
+    def _rows(self, name: str, shape: tuple[int, ...]) -> RowBlocks:
+        """A 2-D tensor as row blocks, read only as the blocks are consumed (shape checked now)."""
+        got = tuple(self.ckpt.shape(name))
+        if got != tuple(shape):
+            raise CheckpointError(f"tensor {name} has shape {got}, expected {tuple(shape)} "
+                                  f"from config.json; the config and weights disagree")
+        self.used.add(name)
+        return RowBlocks(got, self.ckpt.dtype(name), lambda: self.ckpt.row_blocks(name))
+
+    def embed_rows(self) -> RowBlocks:
+        """The token embedding [V, H], streamed in row blocks (never held whole)."""
+        names = self.adapter.global_names(self.arch)
+        return self._rows(self._find("embed", names["embed"]), self._expected("embed"))
+
+    def head_weights(self) -> dict:
+        """final_norm(.bias), lm_head(.bias); ``lm_head`` [V, H] as row blocks (never held whole),
+        of the embedding when the head is tied."""
+        names = self.adapter.global_names(self.arch)
+        lm = names.pop("lm_head")
+        embed = names.pop("embed")
+        w = self._read_roles(names)
+        name = self._find("lm_head", lm, required=not self.arch.tie_word_embeddings)
+        w["lm_head"] = self._rows(name or self._find("embed", embed), self._expected("lm_head"))
+        return w
+
     def global_weights(self) -> dict[str, np.ndarray]:
-        """embed, final_norm(.bias), lm_head(.bias); a tied head reuses the embedding."""
+        """embed, final_norm(.bias), lm_head(.bias) at once; a tied head reuses the embedding.
+
+        ``export`` uses :meth:`embed_rows` and :meth:`head_weights` instead, which stream the two
+        vocabulary-sized matrices rather than holding them.
+        """
         names = self.adapter.global_names(self.arch)
         lm = names.pop("lm_head")
         w = self._read_roles(names)

@@ -8,12 +8,14 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import yaml
 
 from edgemoe.errors import PackageError
 from edgemoe.package import constants as C
+from edgemoe.package.onnx_util import ExternalData
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -105,6 +107,23 @@ class PackageWriter:
                 self._register(str(Path(rel).parent / data))
         else:
             p.write_bytes(model.SerializeToString())
+        self._register(rel)
+
+    def write_graph(self, rel: str, build: Callable[[ExternalData], onnx.ModelProto]):
+        """Build and save a graph whose large weights stream to ``rel + '.data'`` while it is built.
+
+        ``build(data)`` makes the model with a ``GraphBuilder(..., data=data)``: every large
+        initializer is written to the data file as it is added, so the weights are never copied
+        into the model, and the model saved here is only the small graph. The files are the same
+        as ``write_onnx(rel, model)`` writes for the same model.
+        """
+        p = self.path(rel)
+        data_rel = str(Path(rel).parent / (Path(rel).name + ".data"))
+        with ExternalData(self.stage / data_rel, Path(data_rel).name) as data:
+            model = build(data)
+        p.write_bytes(model.SerializeToString())
+        if data.path.exists():
+            self._register(data_rel)
         self._register(rel)
 
     def record_file(self, rel: str) -> RecordFileWriter:
