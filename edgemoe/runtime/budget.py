@@ -58,16 +58,20 @@ class BudgetPlan:
 
 def work_bytes(pkg: Package, max_tokens: int) -> int:
     """Transient memory of one step: activations and logits for ``max_tokens`` tokens, plus the
-    largest expert matrix rebuilt in float32 (and its uint8 codes) by the planes kernel."""
+    planes kernel's reused buffers for the widest expert matrix: codes and one plane (uint8), the
+    widened look-up indices (8 bytes per packed byte) and the float32 matrix, ~8 bytes a weight."""
     a = pkg.arch
     acts = max_tokens * 4 * (6 * a.hidden_size + 2 * a.intermediate_size + a.vocab_size
                              + a.num_heads * max_tokens)
     widest = max(n * (-(-k // pkg.quant.group_size)) * pkg.quant.group_size
                  for _, n, k in pkg.layout.matrices)
-    return acts + 5 * widest
+    return acts + 8 * widest
 
 
-def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = 128,
+PREFILL_CHUNK = 128   # tokens per prefill pass under a budget (bounds the activations)
+
+
+def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = PREFILL_CHUNK,
                 level: int | None = None, measured_fixed: int = 0) -> BudgetPlan:
     """Split ``budget`` into its parts.
 

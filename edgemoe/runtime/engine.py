@@ -21,7 +21,7 @@ from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import DENSE_OUTPUTS, MOE_OUTPUTS
 from edgemoe.runtime.events import Event
 from edgemoe.runtime.expert_store import ExpertStore
-from edgemoe.runtime.budget import plan_budget
+from edgemoe.runtime.budget import PREFILL_CHUNK, plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
 from edgemoe.runtime.kv_cache import KVCache
 from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes
@@ -110,6 +110,7 @@ class Runtime:
         self.backend = get_backend(backend or "planes")
         if self.pkg.tokenizer_file is not None:
             self.tokenizer  # noqa: B018  (load it now so its memory is measured as fixed)
+        self._warm_dense()   # onnxruntime's first-run allocations are fixed costs: measure them
         measured = rss_bytes() - rss0 if rss0 else 0
         self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level,
                                        measured_fixed=measured)
@@ -133,6 +134,19 @@ class Runtime:
             except KeyError:       # exported before routers were named: run without prefetch
                 self._routers = {}
 
+    def _warm_dense(self):
+        """One token through the dense graphs (experts skipped), then forget it."""
+        a = self.arch
+        hidden = self._embed.run(None, {"ids": np.zeros(1, dtype=np.int64)})[0]
+        cos, sin = rope_tables(a, np.arange(1))
+        empty = np.zeros((a.num_kv_heads, 0, a.head_dim), dtype=np.float32)
+        for i, sess in enumerate(self._layers):
+            outs = sess.run(MOE_OUTPUTS if a.is_moe_layer(i) else DENSE_OUTPUTS,
+                            {"hidden": hidden, "cos": cos, "sin": sin, "mask": causal_mask(0, 1),
+                             "past_k": empty, "past_v": empty})
+            hidden = outs[0]
+        self._head.run(None, {"hidden": hidden})
+
     @property
     def package_id(self) -> str:
         return self.pkg.manifest["producer"]["source"].get("fingerprint_sha256", "") + ":" + \
@@ -144,7 +158,8 @@ class Runtime:
         self.kv.reset()
 
     def forward(self, token_ids) -> np.ndarray:
-        """Run the new tokens through the model, extending the KV cache.
+        """Run the new tokens through the model, extending the KV cache; under a budget, long
+        prompts go through in chunks of PREFILL_CHUNK tokens (bounded activations).
 
         Parameters
         ----------
@@ -154,6 +169,13 @@ class Runtime:
         -------
         logits : float32 [T, vocab]
         """
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if self.budgeted is not None and ids.size > PREFILL_CHUNK:
+            return np.concatenate([self._forward(ids[s:s + PREFILL_CHUNK])
+                                   for s in range(0, ids.size, PREFILL_CHUNK)])
+        return self._forward(ids)
+
+    def _forward(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise ConfigError("forward needs at least one token id")

