@@ -272,5 +272,137 @@ def demo(prompt, max_new_tokens, level, budget, greedy, as_json):
     click.echo(f"  package: {report['package']}")
 
 
+@main.command()
+@click.option("--devices-dir", type=click.Path(file_okay=False), default=None,
+              help="an extra folder of device YAML files (after the built-in ones and $EDGEMOE_DEVICES)")
+@click.option("--calibrate", "do_calibrate", is_flag=True,
+              help="measure this machine first (as `edgemoe calibrate`)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def devices(devices_dir, do_calibrate, as_json):
+    """List the device profiles `edgemoe profile --device` knows."""
+    from edgemoe.devices import HOST, load_devices, user_dir
+
+    if do_calibrate:
+        from edgemoe.profiler.calibrate import calibrate as do_cal
+        path, _ = do_cal(progress=None if as_json else (lambda s: click.echo(f"measuring {s}...", err=True)))
+        if not as_json:
+            click.echo(f"wrote {path}", err=True)
+    devs = load_devices(devices_dir)
+    if as_json:
+        click.echo(json.dumps({n: {**d.to_dict(), "source": d.source} for n, d in devs.items()}, indent=2))
+        return
+    gb = 1e9
+    click.echo(f"{'name':<22} {'memory':>8} {'mem GB/s':>8} {'storage':>7} {'read MB/s':>9} "
+               f"{'lat us':>6} {'ort':>6} {'planes':>6}  targets")
+    for n, d in sorted(devs.items(), key=lambda kv: (kv[0] != HOST, kv[0])):
+        t = d.targets
+        tgt = ", ".join(x for x in (t.ort_providers[0] if t.ort_providers else None, t.tvm_target,
+                                    t.hls_part) if x)
+        click.echo(f"{n:<22} {d.memory_total / 2**30:6.1f}Gi {d.memory_bandwidth / gb:8.1f} "
+                   f"{d.storage.kind:>7} {d.storage.read_bandwidth / 1e6:9.0f} "
+                   f"{d.storage.read_latency * 1e6:6.0f} {d.throughput('ort'):6.1f} "
+                   f"{d.throughput('planes'):6.2f}  {tgt}")
+    host = devs.get(HOST)
+    if host is not None and not host.calibrated:
+        click.echo(f"note: host is the built-in conservative default; run `edgemoe calibrate` to measure "
+                   f"this machine (writes {user_dir() / 'host.yaml'})")
+    click.echo("compute columns: effective GFLOP/s of the runtime's dense (ort) and expert (planes) kernels")
+
+
+@main.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
+              help="folder on the storage that holds your packages (default: $EDGEMOE_CACHE)")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="where to write host.yaml (default: $EDGEMOE_DEVICES or ~/.config/edgemoe/devices)")
+@click.option("--size", default="128MiB", show_default=True, help="temporary file read for the storage test")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def calibrate(folder, out_dir, size, as_json):
+    """Measure this machine (storage, memory, kernels) into the `host` device profile."""
+    from edgemoe.profiler.calibrate import calibrate as do_cal
+    from edgemoe.runtime.budget import parse_size
+
+    path, m = do_cal(folder, out_dir, parse_size(size),
+                     progress=None if as_json else (lambda s: click.echo(f"measuring {s}...", err=True)))
+    if as_json:
+        click.echo(json.dumps({"path": str(path), **{k: v for k, v in m.items()}}, indent=2, default=str))
+        return
+    click.echo(f"storage {m['read_bandwidth'] / 1e6:.0f} MB/s, {m['read_latency'] * 1e6:.0f} us per read; "
+               f"memory {m['memory_bandwidth'] / 1e9:.1f} GB/s; sha256 {m['sha256'] / 1e9:.2f} GB/s")
+    click.echo(f"kernels: ort {m['ort']:.1f} GFLOP/s, planes "
+               + ", ".join(f"{b}-bit {v:.2f}" for b, v in sorted(m["planes"].items()))
+               + f" GFLOP/s; I/O contention {m['contention']:.2f}")
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("package", type=click.Path(), required=False)
+@click.option("--device", default="host", show_default=True,
+              help="device profile to report for (`edgemoe devices` lists them); other than host, "
+                   "the numbers are forecasts from this machine's measurements")
+@click.option("--budgets", default=None,
+              help="comma-separated budgets, e.g. 25%,50%,1GiB [default: 25%,50%,100%; with "
+                   "--replay, the recorded one]")
+@click.option("--policy", "policies", default=None,
+              help="scheduling policies, comma-separated (hebf, lru, lfu) [default: hebf]")
+@click.option("--level", type=LEVEL, default=None,
+              help="expert bits (a ladder level, default the highest), or 'auto'")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="prompts, one per line (a line of integers is token ids) [default: 'In the beginning']")
+@click.option("--new-tokens", default=32, show_default=True, type=click.IntRange(1),
+              help="greedy decode steps per prompt")
+@click.option("--context", default=512, show_default=True, type=click.IntRange(2),
+              help="tokens of KV cache the budget reserves")
+@click.option("--eval-text", type=click.Path(dir_okay=False), default=None,
+              help="UTF-8 text to score: adds perplexity per budget")
+@click.option("--eval-tokens", default=1024, show_default=True, type=click.IntRange(2),
+              help="score only this many tokens of --eval-text")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="folder for report.json, report.txt, PNG plots and the traces")
+@click.option("--target-tps", type=float, default=None,
+              help="recommend the smallest budget (and level mode) reaching this decode tokens/s")
+@click.option("--replay", type=click.Path(dir_okay=False), default=None,
+              help="forecast from a trace recorded by `edgemoe profile --out` (no weights needed)")
+@click.option("--devices-dir", type=click.Path(file_okay=False), default=None,
+              help="an extra folder of device YAML files")
+@click.option("--no-plots", is_flag=True, help="skip the PNGs (no matplotlib needed)")
+@click.option("--in-process", is_flag=True,
+              help="run every budget in this process (faster start; each run's peak RSS is still "
+                   "its own, but memory freed by earlier runs may linger, and numpy keeps this "
+                   "process's BLAS threads: isolated runs use OMP_NUM_THREADS=1 unless you set it)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def profile(package, device, budgets, policies, level, prompts_file, new_tokens, context, eval_text,
+            eval_tokens, out, target_tps, replay, devices_dir, no_plots, in_process, as_json):
+    """Throughput, latency, memory and quality of PACKAGE per budget, measured or forecast.
+
+    \b
+    edgemoe profile PKG --budgets 25%,50%,1GiB --out prof/           (this machine)
+    edgemoe profile PKG --device jetson-orin-nano-8gb --budgets 2GiB  (forecast for a board)
+    edgemoe profile --replay prof/traces/hebf-50pct.jsonl --device raspberry-pi-5-8gb
+    """
+    from edgemoe.profiler.report import print_report
+    from edgemoe.profiler.sweep import (DEFAULT_PROMPTS, ProfileRequest, check_request,
+                                        parse_budgets, parse_policies, read_prompts, run_profile,
+                                        total_steps)
+
+    req = ProfileRequest(
+        package=package, device=device,
+        budgets=parse_budgets(budgets) if budgets else (() if replay else ("25%", "50%", "100%")),
+        policies=parse_policies(policies) if policies else (() if replay else ("hebf",)),
+        level=level, prompts=read_prompts(prompts_file) if prompts_file else DEFAULT_PROMPTS,
+        new_tokens=new_tokens, context=context, eval_text=eval_text, eval_tokens=eval_tokens,
+        out=out, target_tps=target_tps, replay=replay, devices_dir=devices_dir,
+        isolate=not in_process, plots=not no_plots)
+    check_request(req)
+    n = total_steps(req)
+    if as_json or not n:
+        report = run_profile(req)
+    else:
+        with click.progressbar(length=n, label="profiling", file=sys.stderr, show_pos=True) as bar:
+            report = run_profile(req, progress=bar.update)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        print_report(report, click.echo)
+
 if __name__ == "__main__":
     main()

@@ -36,3 +36,12 @@ class UnsafePathError(PackageError):
 
 class BudgetError(EdgeMoEError):
     """The memory budget is malformed or too small for the package."""
+
+
+class DeviceProfileError(ConfigError):
+    """A device profile is unknown, or its YAML file is malformed (the message names the field)."""
+
+
+class KernelsMissingError(PackageError):
+    """A backend's ahead-of-time kernels for this package and device are missing, stale or cannot run
+    here (the message names the command that builds them)."""

@@ -6,7 +6,7 @@ from edgemoe.errors import ConfigError
 
 
 def get_backend(name: str, **kw) -> ExpertBackend:
-    """Instantiate an expert backend by name: 'ort', 'planes', 'hls' or 'reference'."""
+    """Instantiate an expert backend by name: 'ort', 'planes', 'hls', 'reference' or 'tvm'."""
     if name == "ort":
         from edgemoe.backends.ort.backend import OrtBackend
         return OrtBackend(**kw)
@@ -19,4 +19,10 @@ def get_backend(name: str, **kw) -> ExpertBackend:
     if name == "reference":
         from edgemoe.backends.reference.backend import ReferenceBackend
         return ReferenceBackend(**kw)
-    raise ConfigError(f"unknown backend {name!r}; available: ort, planes, hls, reference")
+    if name == "tvm":
+        from edgemoe.backends.tvm.backend import TvmBackend
+        backend = TvmBackend(**kw)
+        if not backend.is_available():
+            raise ConfigError(f"backend 'tvm' is not available: {backend.unavailable_reason}")
+        return backend
+    raise ConfigError(f"unknown backend {name!r}; available: ort, planes, hls, reference, tvm")
