@@ -1,0 +1,292 @@
+"""TVM experts: the package's ahead-of-time kernels (``kernels/<device>/``) run on views of the record.
+
+A loaded expert is its record prefix and nothing else: every plane, scale and offset is handed to
+the kernels as a zero-copy DLPack view of the buffer the loader filled (one buffer or one per
+chunk), so a resident expert costs ``layout.prefix_length(bits)`` bytes. Per call, a token block
+runs ``gate_up`` (bit-plane GEMV/GEMM) -> ``swiglu`` -> ``down`` at the expert's level; token
+counts are padded up to the next bucket the kernels were built for (1, 4, 16) and longer blocks
+run in chunks of the largest.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from edgemoe.backends.planes.backend import slot_array
+from edgemoe.backends.tvm import require_tvm, tvm_missing_reason
+from edgemoe.backends.tvm.compile import FORMAT, INDEX, KERNELS_DIR, VERSION
+from edgemoe.backends.tvm.specs import chunks, kernel_name
+from edgemoe.errors import KernelsMissingError
+from edgemoe.quant.record import RecordLayout
+
+MATRICES = ("gate_up", "down")
+
+
+def _build_hint(root: Path, device: str) -> str:
+    return (f"build them with `edgemoe compile {root} --device {device}` (Python: "
+            f"edgemoe.backends.tvm.compile.compile_package({str(root)!r}, [{device!r}]))")
+
+
+def _runnable_here(index: dict) -> str | None:
+    """Why kernels described by ``index`` cannot run on this machine (None if they can)."""
+    tvm = require_tvm()
+    kind = index.get("kind")
+    cpu = index["target"] if kind == "llvm" else (index.get("host") or {})
+    arch = str(cpu.get("mtriple", "")).split("-")[0]
+    if arch and arch != platform.machine():
+        return f"they are built for {arch}, this machine is {platform.machine()}"
+    if kind == "llvm":
+        from tvm.target import codegen
+
+        here = str(codegen.llvm_get_system_cpu())
+        if cpu.get("mcpu") not in (None, "generic", here):
+            return f"they are built for CPU {cpu.get('mcpu')}, this one is {here}"
+        return None
+    if kind == "cuda":
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            return "they are CUDA kernels and no CUDA device is visible"
+        arch = "sm_" + dev.compute_version.replace(".", "")
+        if arch != index["target"].get("arch"):
+            return f"they are built for {index['target'].get('arch')}, this GPU is {arch}"
+        return None
+    if kind == "opencl":
+        if not tvm.opencl(0).exist:
+            return ("they are OpenCL kernels and this TVM runtime has no OpenCL device (run them with "
+                    "edgemoe.backends.tvm.opencl.OpenCLKernels, or a TVM built with OpenCL)")
+        return None
+    return f"unknown kernel kind {kind!r}"
+
+
+def _install_cubin(folder: Path, index: dict) -> None:
+    """Make TVM's load-time CUDA compile hook return the cubin built ahead of time for this source."""
+    import tvm.support.nvcc  # noqa: F401  (registers TVM's own hook first: ours wraps it)
+    import tvm_ffi
+
+    files = index["files"]
+    if "cubin" not in files:
+        return                     # TVM compiles the embedded source at load (NVRTC / nvcc)
+    source = (folder / files["source"]["file"]).read_text()
+    cubin = (folder / files["cubin"]["file"]).read_bytes()
+    known = hashlib.sha256(source.encode()).hexdigest()
+    fallback = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+
+    def compile_hook(code, target=None):
+        if hashlib.sha256(code.encode()).hexdigest() == known:
+            return bytearray(cubin)
+        return fallback(code) if fallback is not None else None
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_hook, override=True)
+
+
+@dataclass
+class KernelSet:
+    """The loaded kernels of one package on one device."""
+
+    folder: Path
+    index: dict
+    funcs: dict          # kernel name -> callable
+    device: object       # tvm device the tensors live on
+    on_cpu: bool         # numpy arrays go to the kernels as they are
+    buckets: tuple
+    planes_dtype: np.dtype
+    scales_dtype: np.dtype
+
+
+class TvmBackend:
+    """Expert backend on Apache TVM kernels built by ``compile_package``.
+
+    Parameters
+    ----------
+    device : str, optional
+        Kernel folder to use (``kernels/<device>``); default ``$EDGEMOE_TVM_DEVICE``, else ``host``
+        if it runs here, else the first built device that runs here.
+    kernels_root : path, optional
+        Folder holding ``kernels/`` (``compile_package``'s ``out``); default the package itself.
+    threads : int
+        TVM thread-pool size (``TVM_NUM_THREADS``) unless already set; 1 matches the runtime's
+        single-threaded dense graphs.
+    """
+
+    name = "tvm"
+
+    def __init__(self, device: str | None = None, kernels_root=None, threads: int = 1):
+        self.device = device or os.environ.get("EDGEMOE_TVM_DEVICE") or None
+        self.kernels_root = kernels_root
+        self.unavailable_reason = tvm_missing_reason()
+        os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
+        self._sets: dict = {}
+
+    def is_available(self) -> bool:
+        """True if apache-tvm imports; otherwise ``unavailable_reason`` says why."""
+        return self.unavailable_reason is None
+
+    @staticmethod
+    def resident_bytes(layout: RecordLayout, bits: int) -> int:
+        return layout.prefix_length(bits)
+
+    # ---- kernels ----
+    def _folder_root(self, pkg) -> Path:
+        return Path(self.kernels_root) / KERNELS_DIR if self.kernels_root else Path(pkg.root) / KERNELS_DIR
+
+    def _read_index(self, pkg, folder: Path) -> dict:
+        device = folder.name
+        path = folder / INDEX
+        if not path.exists():
+            raise KernelsMissingError(f"no TVM kernels for device {device!r} in {folder}; "
+                                      f"{_build_hint(pkg.root, device)}")
+        try:
+            index = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            index = None
+        if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
+            raise KernelsMissingError(f"{path} is not a version-{VERSION} kernel index; "
+                                      f"re{_build_hint(pkg.root, device)}")
+        want = {"hidden": pkg.arch.hidden_size, "intermediate": pkg.arch.intermediate_size,
+                "quant": pkg.quant.to_dict()}
+        got = {k: (index.get("built_for") or {}).get(k) for k in want}
+        if got != want:
+            raise KernelsMissingError(f"the kernels in {folder} were built for other expert shapes or "
+                                      f"quantization ({got}; the package has {want}); "
+                                      f"re{_build_hint(pkg.root, device)}")
+        return index
+
+    def _choose(self, pkg) -> Path:
+        root = self._folder_root(pkg)
+        if self.device:
+            return root / self.device
+        built = sorted((p for p in root.glob("*/") if (p / INDEX).exists()),
+                       key=lambda p: (p.name != "host", p.name)) if root.is_dir() else []
+        if not built:
+            raise KernelsMissingError(f"{pkg.root} has no TVM kernels (no {KERNELS_DIR}/<device>/{INDEX}); "
+                                      f"{_build_hint(pkg.root, 'host')}")
+        reasons = []
+        for folder in built:
+            why = _runnable_here(self._read_index(pkg, folder))
+            if why is None:
+                return folder
+            reasons.append(f"{folder.name}: {why}")
+        raise KernelsMissingError(f"none of the TVM kernels in {root} run on this machine "
+                                  f"({'; '.join(reasons)}); {_build_hint(pkg.root, 'host')}")
+
+    def prepare(self, pkg, device: str | None = None) -> KernelSet:
+        """Load (once) the kernels of ``pkg`` for ``device``; raises KernelsMissingError naming the
+        build command if they are missing, stale, or built for another machine."""
+        tvm = require_tvm()
+        if not hasattr(pkg, "root"):
+            from edgemoe.package.reader import Package
+            pkg = Package(pkg)
+        if device is not None:
+            self.device = device
+        key = (str(pkg.root), self.device, str(self.kernels_root))
+        if key in self._sets:
+            return self._sets[key]
+        folder = self._choose(pkg)
+        index = self._read_index(pkg, folder)
+        why = _runnable_here(index)
+        if why:
+            raise KernelsMissingError(f"the TVM kernels in {folder} cannot run here: {why}; "
+                                      f"{_build_hint(pkg.root, 'host')}")
+        lib = index["files"]["library"]
+        path = folder / lib["file"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+        if digest != lib["sha256"]:
+            raise KernelsMissingError(f"{path} is missing or does not match its sha256 in {INDEX}; "
+                                      f"re{_build_hint(pkg.root, folder.name)}")
+        if index["kind"] == "cuda":
+            _install_cubin(folder, index)
+        module = tvm.runtime.load_module(str(path))
+        funcs = {k["name"]: module[k["name"]] for k in index["kernels"]}
+        dev = tvm.cuda(0) if index["kind"] == "cuda" else tvm.opencl(0) if index["kind"] == "opencl" \
+            else tvm.cpu(0)
+        ks = KernelSet(folder, index, funcs, dev, index["kind"] == "llvm",
+                       tuple(index["built_for"]["buckets"]),
+                       np.dtype(index["call"]["planes"]), np.dtype(index["call"]["scales"]))
+        self._sets[key] = ks
+        return ks
+
+    # ---- experts ----
+    def _tensor(self, ks: KernelSet, arr: np.ndarray):
+        import tvm
+        import tvm_ffi
+
+        if not ks.on_cpu:
+            return tvm.runtime.tensor(np.ascontiguousarray(arr), device=ks.device)
+        if not arr.flags.writeable:      # DLPack cannot export read-only memory: pay one copy
+            arr = arr.copy()
+        return tvm_ffi.from_dlpack(arr, require_alignment=0)
+
+    def load(self, pkg, layer, expert, bits, buf):
+        """Bind the kernels of level ``bits`` to zero-copy views of the record prefix ``buf``."""
+        return self.bind(self.prepare(pkg), pkg.layout, bits, buf)
+
+    def bind(self, ks: KernelSet, layout: RecordLayout, bits: int, buf) -> dict:
+        """A runnable expert: ``ks``'s kernels over the views of ``buf`` (one buffer or a list of
+        chunk buffers) that level ``bits`` reads."""
+        quant = layout.spec
+        idx = quant.level_index(bits)
+        args = {}
+        for m in MATRICES:
+            planes = [slot_array(buf, layout, layout.slot(m, "plane", quant.ladder[p])).view(ks.planes_dtype)
+                      for p in range(idx + 1)]
+            scale = slot_array(buf, layout, layout.slot(m, "scale", bits)).view(ks.scales_dtype)
+            offset = slot_array(buf, layout, layout.slot(m, "offset", bits)).view(ks.scales_dtype)
+            args[m] = [self._tensor(ks, a) for a in (*planes, scale, offset)]
+        shapes = dict((m, (n, k)) for m, n, k in layout.matrices)
+        return {"kernels": ks, "bits": bits, "args": args, "buf": buf,
+                "hidden": shapes["down"][0], "intermediate": shapes["down"][1]}
+
+    def run(self, handle, x):
+        """x [T, H] float32 -> y [T, H] float32."""
+        ks: KernelSet = handle["kernels"]
+        bits, hid, inter = handle["bits"], handle["hidden"], handle["intermediate"]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((x.shape[0], hid), dtype=np.float32)
+        for start, stop, t in chunks(x.shape[0], ks.buckets):
+            xb = x[start:stop]
+            if stop - start != t:
+                xb = np.zeros((t, hid), dtype=np.float32)
+                xb[:stop - start] = x[start:stop]
+            gu = np.empty((t, 2 * inter), dtype=np.float32)
+            h = np.empty((t, inter), dtype=np.float32)
+            y = np.empty((t, hid), dtype=np.float32)
+            if ks.on_cpu:
+                ks.funcs[kernel_name("gate_up", bits, t)](xb, *handle["args"]["gate_up"], gu)
+                ks.funcs[f"swiglu_t{t}"](gu, h)
+                ks.funcs[kernel_name("down", bits, t)](h, *handle["args"]["down"], y)
+            else:
+                y = self._run_device(ks, handle, bits, t, xb, gu, h, y)
+            out[start:stop] = y[:stop - start]
+        return out
+
+    def _run_device(self, ks, handle, bits, t, xb, gu, h, y):
+        import tvm
+
+        d = [tvm.runtime.tensor(a, device=ks.device) for a in (xb, gu, h, y)]
+        ks.funcs[kernel_name("gate_up", bits, t)](d[0], *handle["args"]["gate_up"], d[1])
+        ks.funcs[f"swiglu_t{t}"](d[1], d[2])
+        ks.funcs[kernel_name("down", bits, t)](d[2], *handle["args"]["down"], d[3])
+        return d[3].numpy()
+
+
+def jit_kernels(hidden: int, intermediate: int, quant, buckets=None) -> KernelSet:
+    """Compile the host (llvm) kernels in memory, without a package: for tests and benchmarks.
+    The runtime uses the ones ``compile_package`` stores in the package."""
+    tvm = require_tvm()
+    from edgemoe.backends.tvm.schedules import schedule_cpu
+    from edgemoe.backends.tvm.specs import BUCKETS, kernel_specs
+    from edgemoe.backends.tvm.targets import host_target
+
+    buckets = tuple(buckets or BUCKETS)
+    specs = kernel_specs(hidden, intermediate, quant, buckets)
+    ex = tvm.compile(tvm.IRModule({ks.name: schedule_cpu(ks, quant) for ks in specs}),
+                     target=tvm.target.Target(host_target()))
+    funcs = {ks.name: ex[ks.name] for ks in specs}
+    return KernelSet(Path("."), {"kind": "llvm"}, funcs, tvm.cpu(0), True, buckets,
+                     np.dtype("uint8"), np.dtype(quant.scale_dtype))

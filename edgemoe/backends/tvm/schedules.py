@@ -1,0 +1,160 @@
+"""Hand schedules for the llvm CPU targets, dlight rules for the GPU targets.
+
+Every buffer argument is declared 1-byte aligned (:func:`unaligned`): the planes, scales and
+offsets are views into record buffers at whatever address the loader gave them, and TVM's
+default (64-byte aligned arguments) lets LLVM emit aligned vector loads that fault otherwise.
+"""
+from __future__ import annotations
+
+import re
+
+import tvm
+import tvm.script
+from tvm import te
+from tvm import s_tir
+
+from edgemoe.backends.tvm import compute
+from edgemoe.backends.tvm.specs import KernelSpec, plane_runs
+
+_BUF = re.compile(r'T\.Buffer\(\((.*?)\), "(\w+)"\)')
+
+
+def unaligned(func):
+    """``func`` with every buffer parameter declared ``align=1``."""
+    text = func.script()
+    i = text.index("def main(")
+    j = text.index("):\n", i) + 2
+    sig = _BUF.sub(r'T.Buffer((\1), "\2", align=1)', text[i:j])
+    return tvm.script.from_source(text[:i] + sig + text[j:])
+
+
+def _prim_func(tensors, name: str):
+    return unaligned(te.create_prim_func(tensors)).with_attr("global_symbol", name)
+
+
+# ---------------------------------------------------------------- CPU (llvm)
+
+def _cpu_matmul(ks: KernelSpec, quant, rows: int | None = None):
+    """Loop nest per parallel task of ``rows`` output rows (lanes ``l`` vectorized)::
+
+        part[T, rows, L] local
+        for g in G:
+          [T > 1] dec_r[rows, h, s, l] = codes      local, decoded once, used by every token
+          for t in T:
+            for n in rows (unrolled: independent FMA chains)
+              inner_r[l] = sum_{h,s} xu[t,g,h,s,l] * code     (h, s unrolled)
+              part[t, n, l] += a * sum_r coef_r inner_r[l] + (b - a z) * xsl[t, g, l]
+        y[t, n] = sum_l part[t, n, l]
+    """
+    sch = s_tir.Schedule(_prim_func(compute.matmul_lanes(ks, quant), ks.name))
+    runs = plane_runs(quant, ks.bits)
+    rows = rows or (8 if ks.tokens == 1 else 4)     # measured best on x86 (AVX-512) at both T
+    yb, pb = sch.get_sblock("y"), sch.get_sblock("part")
+    t, n, _ = sch.get_loops(yb)
+    no, ni = sch.split(n, [None, min(rows, ks.n)])
+    sch.reorder(no, ni, t)
+    # unit loops are kept everywhere so that loop positions do not depend on the shapes
+    sch.compute_at(pb, no, preserve_unit_loops=True)
+    sch.set_scope(pb, 0, "local")
+    *_, pt, pn, pl, pg = sch.get_loops(pb)
+    sch.reorder(pg, pt, pn, pl)                 # rows innermost: independent FMA chains
+    sch.unroll(pn)
+    depth = len(sch.get_loops(pb)) - 1          # loops down to and including pn
+    reductions = []
+    for i in range(len(runs)):
+        db, ib = sch.get_sblock(f"dec{i}"), sch.get_sblock(f"inner{i}")
+        if ks.tokens == 1:
+            sch.compute_inline(db)
+        sch.compute_at(ib, pn, preserve_unit_loops=True)
+        sch.set_scope(ib, 0, "local")
+        *_, l_, rh, rs = sch.get_loops(ib)[depth:]       # (t, n, g) unit, lanes, reduction
+        sch.reorder(rh, rs, l_)
+        sch.vectorize(l_)
+        sch.unroll(rh)
+        sch.unroll(rs)
+        reductions.append((ib, rh))
+        if ks.tokens > 1:
+            sch.compute_at(db, pg, preserve_unit_loops=True)
+            sch.set_scope(db, 0, "local")
+            *_, dn, dg, dh, ds, dl = sch.get_loops(db)
+            sch.vectorize(dl)
+            sch.unroll(dh)
+            sch.unroll(ds)
+    sch.vectorize(pl)
+    sch.parallel(no)
+    # vectorize/parallel need complete or reduction blocks: decompose only now
+    sch.decompose_reduction(pb, pg)
+    for ib, r0 in reductions:
+        sch.decompose_reduction(ib, r0)
+    return sch.mod["main"]
+
+
+def _cpu_swiglu(ks: KernelSpec):
+    sch = s_tir.Schedule(_prim_func(compute.swiglu(ks), ks.name))
+    t, j = sch.get_loops(sch.get_sblock("h"))
+    jo, ji = sch.split(j, [None, 16]) if ks.n % 16 == 0 else (j, None)
+    sch.parallel(sch.fuse(t, jo))
+    if ji is not None:
+        sch.vectorize(ji)
+    return sch.mod["main"]
+
+
+def schedule_cpu(ks: KernelSpec, quant):
+    """The scheduled llvm kernel ``ks.name`` (a PrimFunc)."""
+    return _cpu_swiglu(ks) if ks.op == "swiglu" else _cpu_matmul(ks, quant)
+
+
+# ---------------------------------------------------------------- GPU (cuda, opencl)
+
+def schedule_gpu(ks: KernelSpec, quant, target, half_bits: bool = False):
+    """``ks.name`` scheduled by dlight for ``target`` (GEMV at T=1, matmul / low-batch GEMV above,
+    fallback for SwiGLU); a PrimFunc."""
+    from tvm.s_tir import dlight as dl
+
+    tensors = compute.swiglu(ks) if ks.op == "swiglu" else compute.matmul_natural(ks, quant, half_bits)
+    mod = tvm.IRModule({ks.name: _prim_func(tensors, ks.name)})
+    rules = [dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Matmul(), dl.gpu.Reduction(), dl.gpu.Fallback()]
+    with target:
+        return dl.ApplyDefaultSchedule(*rules)(mod)[ks.name]
+
+
+def launch_dims(func) -> list[dict]:
+    """Grid and block extents of each kernel a scheduled GPU PrimFunc launches, in launch order.
+
+    A kernel is an outermost loop nest bound to ``blockIdx``/``threadIdx``; every extent here is a
+    constant because every shape is static.
+    """
+    kernels: list[dict] = []
+
+    def visit(stmt, inside: bool):
+        if isinstance(stmt, tvm.tirx.For) and stmt.thread_binding is not None:
+            tag = stmt.thread_binding.thread_tag
+            if not inside:
+                kernels.append({})
+            kernels[-1][tag] = int(stmt.extent)
+            visit(stmt.body, True)
+            return
+        for child in _children(stmt):
+            visit(child, inside)
+
+    visit(func.body, False)
+    out = []
+    for k in kernels:
+        grid = [k.get(f"blockIdx.{a}", 1) for a in "xyz"]
+        block = [k.get(f"threadIdx.{a}", 1) for a in "xyz"]
+        out.append({"grid": grid, "block": block})
+    return out
+
+
+def _children(stmt):
+    s = tvm.tirx
+    if isinstance(stmt, s.SeqStmt):
+        return list(stmt.seq)
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return [stmt.block]
+    if isinstance(stmt, s_tir.SBlock):
+        return [stmt.body] + ([stmt.init] if stmt.init is not None else [])
+    if isinstance(stmt, s.IfThenElse):
+        return [stmt.then_case] + ([stmt.else_case] if stmt.else_case is not None else [])
+    body = getattr(stmt, "body", None)
+    return [body] if isinstance(body, tvm.tirx.Stmt) else []

@@ -1,0 +1,130 @@
+"""TVM host kernels on the bit planes: every kernel, every level, GEMV (T=1) and GEMM (T=4, 16),
+against the numpy reference (``decode_record`` + float64 matmul), on small shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgemoe.backends.tvm import tvm_missing_reason
+from edgemoe.quant.record import decode_record, encode_record
+from edgemoe.quant.spec import QuantSpec
+
+pytestmark = pytest.mark.skipif(tvm_missing_reason() is not None,
+                                reason=f"apache-tvm is not installed: {tvm_missing_reason()}")
+
+TOL = 1e-4          # max |y - ref| / max |ref|
+# (spec, H, I): the default ladder with K not a multiple of the group (I = 96, gs 64); a two-level
+# ladder with float32 scales and 4-bit planes only; the lone 8-bit plane with one padded group
+CASES = {"2-4-8/gs64": (QuantSpec(), 128, 96),
+         "4-8/gs32/f32": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 64, 80),
+         "8/gs128": (QuantSpec(ladder=(8,), group_size=128), 64, 48)}
+BUCKETS = (1, 4, 16)
+
+
+def _record(spec, hidden, inter, seed=0):
+    rng = np.random.default_rng(seed)
+    w = {"gate_up": (rng.standard_normal((2 * inter, hidden)) * 0.05).astype(np.float32),
+         "down": (rng.standard_normal((hidden, inter)) * 0.05).astype(np.float32)}
+    chunks, layout = encode_record(w, spec)
+    return chunks, layout
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    from edgemoe.backends.tvm.backend import TvmBackend, jit_kernels
+
+    spec, hidden, inter = CASES[request.param]
+    chunks, layout = _record(spec, hidden, inter)
+    buf = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
+    ks = jit_kernels(hidden, inter, spec, BUCKETS)
+    return {"name": request.param, "spec": spec, "hidden": hidden, "inter": inter, "chunks": chunks,
+            "layout": layout, "buf": buf, "kernels": ks, "backend": TvmBackend()}
+
+
+def _rel(y, ref):
+    return float(np.abs(np.asarray(y, np.float64) - ref).max() / np.abs(ref).max())
+
+
+def _swiglu64(x, gate_up, down):
+    gu = x @ gate_up.T
+    i = gate_up.shape[0] // 2
+    g, u = gu[:, :i], gu[:, i:]
+    return ((g / (1 + np.exp(-g))) * u) @ down.T
+
+
+@pytest.mark.parametrize("tokens", BUCKETS)
+def test_every_matmul_kernel_matches_reference(case, tokens):
+    from edgemoe.backends.planes.backend import slot_array
+    from edgemoe.backends.tvm.specs import kernel_name
+
+    spec, layout, buf, ks = case["spec"], case["layout"], case["buf"], case["kernels"]
+    rng = np.random.default_rng(tokens)
+    worst = {}
+    for bits in spec.ladder:
+        ref_w = decode_record(buf, layout, bits)
+        for m, n, k in layout.matrices:
+            planes = [slot_array(buf, layout, layout.slot(m, "plane", spec.ladder[p]))
+                      for p in range(spec.level_index(bits) + 1)]
+            a = slot_array(buf, layout, layout.slot(m, "scale", bits))
+            b = slot_array(buf, layout, layout.slot(m, "offset", bits))
+            x = rng.standard_normal((tokens, k)).astype(np.float32)
+            y = np.full((tokens, n), np.nan, dtype=np.float32)
+            ks.funcs[kernel_name(m, bits, tokens)](x, *planes, a, b, y)
+            worst[(m, bits)] = _rel(y, x.astype(np.float64) @ ref_w[m].astype(np.float64).T)
+    print(f"{case['name']} T={tokens}: max rel err {max(worst.values()):.2e}")
+    assert max(worst.values()) < TOL, worst
+
+
+@pytest.mark.parametrize("tokens", BUCKETS)
+def test_swiglu_kernel(case, tokens):
+    inter = case["inter"]
+    gu = np.random.default_rng(1).standard_normal((tokens, 2 * inter)).astype(np.float32) * 3
+    h = np.empty((tokens, inter), dtype=np.float32)
+    case["kernels"].funcs[f"swiglu_t{tokens}"](gu, h)
+    g, u = gu[:, :inter].astype(np.float64), gu[:, inter:].astype(np.float64)
+    assert _rel(h, g / (1 + np.exp(-g)) * u) < 1e-6
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 16, 37])
+def test_expert_matches_reference_at_every_level(case, tokens):
+    """Whole expert (gate_up -> SwiGLU -> down) through the backend: padding to a bucket (3 -> 4)
+    and chunking (37 = 16 + 16 + 5 -> 16) included."""
+    spec, layout, buf, be = case["spec"], case["layout"], case["buf"], case["backend"]
+    x = np.random.default_rng(tokens).standard_normal((tokens, case["hidden"])).astype(np.float32)
+    for bits in spec.ladder:
+        w = decode_record(buf, layout, bits)
+        ref = _swiglu64(x.astype(np.float64), w["gate_up"].astype(np.float64), w["down"].astype(np.float64))
+        y = be.run(be.bind(case["kernels"], layout, bits, buf), x)
+        assert y.shape == (tokens, case["hidden"]) and y.dtype == np.float32
+        assert _rel(y, ref) < TOL, (bits, _rel(y, ref))
+
+
+def test_views_are_zero_copy_and_any_alignment_works(case):
+    """Planes, scales and offsets reach the kernels as views of the loader's buffers, whatever their
+    address: a record at an odd offset, and a list of chunk buffers (the budgeted runtime's form)."""
+    spec, layout, be, ks = case["spec"], case["layout"], case["backend"], case["kernels"]
+    raw = b"".join(case["chunks"])
+    big = np.zeros(len(raw) + 64, dtype=np.uint8)
+    odd = big[3:3 + len(raw)]
+    odd[:] = np.frombuffer(raw, dtype=np.uint8)
+    chunk_bufs = [np.frombuffer(c, dtype=np.uint8).copy() for c in case["chunks"]]
+    x = np.random.default_rng(5).standard_normal((2, case["hidden"])).astype(np.float32)
+    bits = spec.ladder[-1]
+    want = be.run(be.bind(ks, layout, bits, case["buf"]), x)
+    for buf in (odd, chunk_bufs):
+        handle = be.bind(ks, layout, bits, buf)
+        owners = [odd] if buf is odd else chunk_bufs
+        for tensors in handle["args"].values():
+            for t in tensors:
+                assert any(np.shares_memory(np.from_dlpack(t), o) for o in owners)
+        np.testing.assert_array_equal(be.run(handle, x), want)
+
+
+def test_read_only_buffer_still_runs(case):
+    """bytes cannot be exported through DLPack; the backend copies them once rather than fail."""
+    spec, layout, be = case["spec"], case["layout"], case["backend"]
+    x = np.random.default_rng(6).standard_normal((1, case["hidden"])).astype(np.float32)
+    bits = spec.ladder[0]
+    want = be.run(be.bind(case["kernels"], layout, bits, case["buf"]), x)
+    got = be.run(be.bind(case["kernels"], layout, bits, b"".join(case["chunks"])), x)
+    np.testing.assert_array_equal(got, want)

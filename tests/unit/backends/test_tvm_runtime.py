@@ -1,0 +1,203 @@
+"""TVM backend end to end: ``compile_package`` into the built-in demo package, the runtime on
+``backend="tvm"`` (same greedy tokens as ``planes``), and the typed errors for missing, stale or
+foreign kernels."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from edgemoe.backends.tvm import tvm_missing_reason
+from edgemoe.errors import ConfigError, KernelsMissingError
+
+needs_tvm = pytest.mark.skipif(tvm_missing_reason() is not None,
+                               reason=f"apache-tvm is not installed: {tvm_missing_reason()}")
+PROMPT = "In the beginning"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The built-in package exported into a private cache, with host kernels compiled into it."""
+    pytest.importorskip("torch")            # exporting the built-in checkpoint needs the export extra
+    pytest.importorskip("transformers")
+    from edgemoe.backends.tvm.compile import compile_package
+    from edgemoe.demo import builtin_package
+
+    old = os.environ.get("EDGEMOE_CACHE")
+    os.environ["EDGEMOE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        pkg = builtin_package()
+        stages = []
+        built = compile_package(pkg, ["host"], progress=lambda s, d, t: stages.append(s))
+        yield {"pkg": pkg, "folder": built["host"], "stages": stages}
+    finally:
+        if old is None:
+            os.environ.pop("EDGEMOE_CACHE", None)
+        else:
+            os.environ["EDGEMOE_CACHE"] = old
+
+
+@needs_tvm
+def test_index_lists_files_targets_and_shapes(demo):
+    from edgemoe.backends.tvm.compile import _sha256
+    from edgemoe.backends.tvm.targets import host_target
+    from edgemoe.package.reader import Package
+
+    pkg = Package(demo["pkg"])
+    index = yaml.safe_load((demo["folder"] / "index.yaml").read_text())
+    assert index["format"] == "edgemoe-kernels" and index["device"] == "host"
+    assert index["target"] == host_target()            # explicit mtriple and mcpu
+    lib = index["files"]["library"]
+    assert _sha256(demo["folder"] / lib["file"]) == lib["sha256"]
+    assert index["built_for"]["quant"] == pkg.quant.to_dict()
+    names = {k["name"] for k in index["kernels"]}
+    for t in index["built_for"]["buckets"]:
+        assert f"swiglu_t{t}" in names
+        for bits in pkg.quant.ladder:
+            assert {f"gate_up_k{bits}_t{t}", f"down_k{bits}_t{t}"} <= names
+    gu = next(k for k in index["kernels"] if k["name"] == "gate_up_k8_t1")
+    h, i = pkg.arch.hidden_size, pkg.arch.intermediate_size
+    assert gu["args"][0] == ["x", [1, h], "float32"] and gu["args"][-1] == ["y", [1, 2 * i], "float32"]
+    assert demo["stages"], "progress was never called"
+    manifest = (demo["pkg"] / "manifest.yaml").read_text()
+    assert "kernels/" not in manifest                   # the manifest is not touched
+
+
+@needs_tvm
+@pytest.mark.parametrize("level", [2, 4, 8])
+def test_runtime_greedy_tokens_match_planes(demo, level):
+    from edgemoe.runtime.engine import Runtime
+
+    ids = {}
+    for backend in ("planes", "tvm"):
+        rt = Runtime(demo["pkg"], level=level, backend=backend)
+        try:
+            ids[backend] = list(rt.generate(PROMPT, max_new_tokens=16).ids)
+        finally:
+            rt.close()
+    assert ids["tvm"] == ids["planes"]
+
+
+@needs_tvm
+def test_runtime_under_a_budget_streams_chunks(demo):
+    """The budgeted runtime hands the backend a list of chunk buffers; tokens still match."""
+    from edgemoe.runtime.engine import Runtime
+
+    ids = {}
+    for backend in ("planes", "tvm"):
+        rt = Runtime(demo["pkg"], level=4, backend=backend, budget="50%")
+        try:
+            ids[backend] = list(rt.generate(PROMPT, max_new_tokens=8).ids)
+        finally:
+            rt.close()
+    assert ids["tvm"] == ids["planes"]
+
+
+@needs_tvm
+def test_prepare_and_resident_bytes(demo):
+    from edgemoe.backends import get_backend
+    from edgemoe.package.reader import Package
+
+    pkg = Package(demo["pkg"])
+    be = get_backend("tvm")
+    ks = be.prepare(pkg, "host")
+    assert ks.folder == demo["folder"] and ks.on_cpu
+    for bits in pkg.quant.ladder:
+        assert be.resident_bytes(pkg.layout, bits) == pkg.layout.prefix_length(bits)
+
+
+def _copy_kernels(demo, root, edit=None, name="host"):
+    dst = root / "kernels" / name
+    shutil.copytree(demo["folder"], dst)
+    if edit:
+        index = yaml.safe_load((dst / "index.yaml").read_text())
+        edit(index)
+        (dst / "index.yaml").write_text(yaml.safe_dump(index))
+    return dst
+
+
+@needs_tvm
+def test_missing_kernels_name_the_build_command(demo, tmp_path):
+    from edgemoe.backends.tvm.backend import TvmBackend
+    from edgemoe.package.reader import Package
+
+    pkg = Package(demo["pkg"])
+    with pytest.raises(KernelsMissingError, match=r"edgemoe compile .* --device host"):
+        TvmBackend(kernels_root=tmp_path).prepare(pkg)
+    with pytest.raises(KernelsMissingError, match=r"--device jetson-orin"):
+        TvmBackend(device="jetson-orin").prepare(pkg)
+
+
+@needs_tvm
+@pytest.mark.parametrize("what", ["stale", "corrupt", "foreign"])
+def test_unusable_kernels_are_refused(demo, tmp_path, what):
+    from edgemoe.backends.tvm.backend import TvmBackend
+    from edgemoe.package.reader import Package
+
+    def stale(index):
+        index["built_for"]["hidden"] += 1
+
+    def foreign(index):
+        index["target"] = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
+
+    folder = _copy_kernels(demo, tmp_path, {"stale": stale, "foreign": foreign}.get(what))
+    if what == "corrupt":
+        with open(folder / "experts.so", "r+b") as f:
+            f.seek(100)
+            f.write(b"\0" * 8)
+    match = {"stale": "other expert shapes", "corrupt": "sha256", "foreign": "cannot run here|built for"}
+    with pytest.raises(KernelsMissingError, match=match[what]):
+        TvmBackend(device="host", kernels_root=tmp_path).prepare(Package(demo["pkg"]))
+
+
+@needs_tvm
+def test_float32_packages_are_refused():
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.quant.spec import QuantSpec
+
+    with pytest.raises(ConfigError, match="planes"):
+        kernel_specs(64, 128, QuantSpec.float32())
+
+
+def test_edgemoe_imports_and_reports_without_tvm():
+    """With apache-tvm absent, edgemoe (and the backend module) import; the backend says why."""
+    code = (
+        "import sys; sys.modules['tvm'] = None\n"
+        "import edgemoe, edgemoe.backends, edgemoe.runtime.engine\n"
+        "from edgemoe.backends.tvm.backend import TvmBackend\n"
+        "from edgemoe.backends import get_backend\n"
+        "from edgemoe.errors import ConfigError\n"
+        "b = TvmBackend()\n"
+        "assert not b.is_available()\n"
+        "print(b.unavailable_reason)\n"
+        "try:\n"
+        "    get_backend('tvm')\n"
+        "except ConfigError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'edgemoe[tvm]'" in out.stdout and "refused:" in out.stdout
+
+
+@needs_tvm
+def test_prefill_logits_match_planes(demo):
+    """A 40-token prefill goes through the GEMM buckets (experts see T = 1..40 rows, chunked by
+    16); its logits match the numpy planes backend's."""
+    from edgemoe.runtime.engine import Runtime
+
+    logits = {}
+    for backend in ("planes", "tvm"):
+        rt = Runtime(demo["pkg"], level=8, backend=backend)
+        try:
+            ids = rt.encode(PROMPT * 3)[:40]
+            logits[backend] = rt.forward(ids)
+        finally:
+            rt.close()
+    ref = logits["planes"]
+    assert np.abs(logits["tvm"] - ref).max() / np.abs(ref).max() < 1e-4
