@@ -168,8 +168,10 @@ LEVEL = _Level()
 @click.option("--top-k", default=40, show_default=True, type=int)
 @click.option("--top-p", default=0.95, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--backend", default=None, type=click.Choice(["ort", "planes", "reference"]),
-              help="expert kernels (default: ort resident, planes under --budget)")
+@click.option("--backend", default=None,
+              type=click.Choice(["ort", "planes", "tvm", "hls", "reference"]),
+              help="expert kernels (default: ort resident, planes under --budget; tvm needs "
+                   "`edgemoe compile PKG --device host`; hls emulates the FPGA's integer path)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
 def run(package, prompt, max_new_tokens, level, budget, policy, context, trace, greedy, temperature,
         top_k, top_p, seed, backend, as_json):
@@ -403,6 +405,23 @@ def profile(package, device, budgets, policies, level, prompts_file, new_tokens,
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         print_report(report, click.echo)
+
+@main.command("compile")
+@click.argument("package", type=click.Path())
+@click.option("--device", "devices", multiple=True, required=True,
+              help="a device profile (`edgemoe devices`), a TVM preset (host, aarch64, jetson-orin, "
+                   "jetson-xavier, mali) or an FPGA board (zcu102, kv260); repeatable")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="write kernels/<device>/ here instead of inside the package")
+def compile_cmd(package, devices, out):
+    """Build ahead-of-time expert kernels of PACKAGE for boards: TVM libraries (CPU, CUDA, OpenCL)
+    or, for FPGA boards, an HLS project with its C-simulation testbench and Vitis script."""
+    from edgemoe.backends.compile import compile_for_device
+
+    for device in devices:
+        path = compile_for_device(package, device, out=out, progress=_bar(f"compiling {device}"))
+        click.echo(f"{device}: {path}")
+
 
 if __name__ == "__main__":
     main()

@@ -45,6 +45,16 @@ class GenerationResult:
         return n / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+def _budget_backend(pkg: Package) -> str:
+    """Under a budget experts must compute on their record bytes: TVM kernels when the package has
+    them for this machine (``edgemoe compile PKG --device host``) and apache-tvm imports, else the
+    numpy ``planes`` kernel."""
+    if not (pkg.root / "kernels" / "host" / "index.yaml").exists():
+        return "planes"
+    from edgemoe.backends.tvm.backend import TvmBackend
+    return "tvm" if TvmBackend().is_available() else "planes"
+
+
 class Runtime:
     """Run a package: ``forward(ids) -> logits`` and ``generate(prompt, ...)``.
 
@@ -107,7 +117,9 @@ class Runtime:
                 self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
             self.budgeted = None
             return
-        self.backend = get_backend(backend or "planes")
+        self.backend = get_backend(backend or _budget_backend(self.pkg))
+        if self.backend.name == "tvm":
+            self.backend.prepare(self.pkg)    # load its kernel library now: a measured fixed cost
         if self.pkg.tokenizer_file is not None:
             self.tokenizer  # noqa: B018  (load it now so its memory is measured as fixed)
         self._warm_dense()   # onnxruntime's first-run allocations are fixed costs: measure them

@@ -18,11 +18,12 @@ class HlsBackend:
     def resident_bytes(layout, bits: int) -> int:
         return layout.prefix_length(bits)
 
-    def prepare(self, pkg, device: str = "zcu102", out: Path | None = None) -> Path:
+    def prepare(self, pkg, device: str = "zcu102", out: Path | None = None,
+                part: str | None = None) -> Path:
         """Write the HLS project (kernel, testbench, Vitis script, test vectors) for ``device``."""
         from edgemoe.backends.hls.project import write_project
 
-        return write_project(pkg, out or pkg.root / "kernels" / device / "hls", device)
+        return write_project(pkg, out or pkg.root / "kernels" / device / "hls", device, part=part)
 
     def load(self, pkg, layer, expert, bits, buf):
         layout, spec = pkg.layout, pkg.quant

@@ -242,10 +242,13 @@ exit
 
 
 def write_project(pkg, out: Path, device: str, layer: int = 0, expert: int = 0, tokens: int = 4,
-                  seed: int = 0) -> Path:
-    """Write the HLS project and test vectors (expert ``layer``/``expert`` of ``pkg``) into ``out``."""
-    if device not in PARTS:
-        raise ConfigError(f"no FPGA part known for device {device!r}; known: {', '.join(PARTS)}")
+                  seed: int = 0, part: str | None = None) -> Path:
+    """Write the HLS project and test vectors (expert ``layer``/``expert`` of ``pkg``) into ``out``;
+    ``part`` defaults to the known part of ``device`` (zcu102, kv260)."""
+    part = part or PARTS.get(device)
+    if part is None:
+        raise ConfigError(f"no FPGA part known for device {device!r}; known: {', '.join(PARTS)} "
+                          f"(or give the part in the device profile's targets.hls_part)")
     from edgemoe.runtime.expert_store import ExpertStore
 
     layout, spec = pkg.layout, pkg.quant
@@ -262,7 +265,7 @@ def write_project(pkg, out: Path, device: str, layer: int = 0, expert: int = 0, 
     cases = "\n".join(f"    case {b}: expert_ffn_k{b}(record, xq, sx, T, y); break;" for b in spec.ladder)
     (out / "tb_expert.cpp").write_text(TESTBENCH.replace("{max_bytes}", str(layout.length))
                                        .replace("{cases}", cases))
-    (out / "run_hls.tcl").write_text(TCL.format(device=device, part=PARTS[device], top_bits=spec.top_bits,
+    (out / "run_hls.tcl").write_text(TCL.format(device=device, part=part, top_bits=spec.top_bits,
                                                 tokens=tokens, clock=CLOCK_NS))
     store = ExpertStore(pkg)
     x = np.random.default_rng(seed).normal(size=(tokens, pkg.arch.hidden_size)).astype(np.float32)
@@ -275,7 +278,7 @@ def write_project(pkg, out: Path, device: str, layer: int = 0, expert: int = 0, 
         expert_int(layout, record_views(buf, layout, b), b, x).tofile(out / f"data/expected_k{b}.bin")
     store.close()
     (out / "README.md").write_text(
-        f"# edgemoe expert FFN for {device} ({PARTS[device]})\n\n"
+        f"# edgemoe expert FFN for {device} ({part})\n\n"
         f"C-simulation: `g++ -std=c++17 -O2 -ffp-contract=off -I<ap_types> expert_ffn.cpp tb_expert.cpp "
         f"-o tb && ./tb LEVEL {tokens} data/record_kLEVEL.bin data/xq.bin data/sx.bin y.bin`; "
         f"`y.bin` equals `data/expected_kLEVEL.bin` bit for bit.\n"
