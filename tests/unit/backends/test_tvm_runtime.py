@@ -70,17 +70,18 @@ def test_index_lists_files_targets_and_shapes(demo):
 
 @needs_tvm
 @pytest.mark.parametrize("level", [2, 4, 8])
-def test_runtime_greedy_tokens_match_planes(demo, level):
+def test_runtime_greedy_tokens_match_planes_and_ort(demo, level):
     from edgemoe.runtime.engine import Runtime
 
     ids = {}
-    for backend in ("planes", "tvm"):
+    for backend in ("planes", "ort", "tvm"):
         rt = Runtime(demo["pkg"], level=level, backend=backend)
         try:
             ids[backend] = list(rt.generate(PROMPT, max_new_tokens=16).ids)
         finally:
             rt.close()
     assert ids["tvm"] == ids["planes"]
+    assert ids["tvm"] == ids["ort"]     # onnxruntime's MatMulNBits graphs of the package
 
 
 @needs_tvm
