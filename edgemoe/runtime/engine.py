@@ -117,6 +117,10 @@ class Runtime:
                 self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
             self.budgeted = None
             return
+        if backend in ("ort", "reference"):
+            raise ConfigError(f"backend {backend!r} keeps its own copy of every loaded expert "
+                              f"(onnxruntime's packed weights: 2.4-4.8x the record; reference: float32), "
+                              f"which a byte budget cannot bound; under --budget use planes, tvm or hls")
         self.backend = get_backend(backend or _budget_backend(self.pkg))
         if self.backend.name == "tvm":
             self.backend.prepare(self.pkg)    # load its kernel library now: a measured fixed cost

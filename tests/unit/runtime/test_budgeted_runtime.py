@@ -125,3 +125,9 @@ def test_replay_matches_the_engine_bytes(pkg, tmp_path, policy):
     got = replay(pol, steps_from_trace(records), cap, p.quant.ladder,
                  tuple(c.length for c in p.layout.chunks), level=8, top_k=p.arch.top_k)
     assert got.bytes_total == real
+
+
+@pytest.mark.parametrize("backend", ["ort", "reference"])
+def test_backends_that_copy_weights_are_refused_under_a_budget(pkg, backend):
+    with pytest.raises(ConfigError, match="planes, tvm or hls"):
+        Runtime(pkg, budget="50%", backend=backend)
