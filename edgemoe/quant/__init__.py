@@ -1,6 +1,8 @@
 """Matryoshka (bit-nested) quantization of expert weights; numpy only."""
 from __future__ import annotations
 
+from edgemoe.quant import matryoshka
+
 from edgemoe.quant.matryoshka import (
     QuantizedMatrix,
     decode_level,
@@ -26,26 +28,5 @@ from edgemoe.quant.record import (
 )
 from edgemoe.quant.spec import QuantSpec, parse_ladder
 
-__all__ = [
-    "QuantSpec",
-    "parse_ladder",
-    "QuantizedMatrix",
-    "quantize",
-    "dequantize",
-    "decode_level",
-    "direct_minmax_rtn",
-    "pack_plane",
-    "unpack_plane",
-    "split_planes",
-    "join_planes",
-    "matmul_reference",
-    "matmul_from_planes",
-    "level_affine",
-    "TensorSlot",
-    "ChunkLayout",
-    "RecordLayout",
-    "record_layout",
-    "encode_record",
-    "decode_record",
-    "record_views",
-]
+__all__ = ["QuantSpec", "parse_ladder", *matryoshka.__all__, "TensorSlot", "ChunkLayout",
+           "RecordLayout", "record_layout", "encode_record", "decode_record", "record_views"]
