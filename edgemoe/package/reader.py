@@ -211,6 +211,12 @@ class Package:
             store.close()
         return n
 
+    @property
+    def package_id(self) -> str:
+        """Identifies the weights and quantization (routing traces name it in their header)."""
+        return self.manifest[C.K_PRODUCER]["source"].get("fingerprint_sha256", "") + ":" + \
+            str(self.quant.to_dict())
+
     def level_bytes(self, bits: int) -> int:
         """Resident bytes of all routed experts at level ``bits``."""
         return len(self.experts) * self.layout.prefix_length(bits)

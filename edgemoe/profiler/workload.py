@@ -21,9 +21,8 @@ META_VERSION = 1
 
 
 def package_id(pkg) -> str:
-    """The id the runtime writes into trace headers (``Runtime.package_id``), from the manifest alone."""
-    return pkg.manifest["producer"]["source"].get("fingerprint_sha256", "") + ":" + \
-        str(pkg.quant.to_dict())
+    """The id the runtime writes into trace headers, from the manifest alone."""
+    return pkg.package_id
 
 
 def package_facts(pkg) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -165,8 +164,7 @@ class Runtime:
 
     @property
     def package_id(self) -> str:
-        return self.pkg.manifest["producer"]["source"].get("fingerprint_sha256", "") + ":" + \
-            str(self.pkg.quant.to_dict())
+        return self.pkg.package_id
 
     # ---- model ----
     def reset(self):
@@ -331,6 +329,3 @@ class Runtime:
         if self.trace is not None:
             self.trace.close()
 
-
-def open_runtime(path: str | Path, **kw) -> Runtime:
-    return Runtime(path, **kw)

@@ -42,6 +42,8 @@ class ExpertStore:
         lo = self.layout.prefix_length(have_bits) if have_bits else 0
         hi = self.layout.prefix_length(bits)
         if buf is None:
+            if have_bits:
+                raise ValueError("an upgrade (have_bits) needs the buffer that holds the lower level")
             buf = np.empty(self.layout.length, dtype=np.uint8)
         if hi > lo:
             view = memoryview(buf)[lo:hi]

@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 
 from edgemoe.errors import CorruptRecordError, PackageError
 from edgemoe.package.reader import Package
@@ -120,6 +119,3 @@ class Loader:
                 os.close(fd)
             self._fds.clear()
 
-
-def as_array(buf) -> np.ndarray:
-    return np.frombuffer(buf, dtype=np.uint8)
