@@ -112,6 +112,12 @@ class Checkpoint:
                 raise CheckpointError(f"{index}: weight_map is not a mapping of tensor name to shard "
                                       f"file; re-save the checkpoint")
             names = sorted(set(weight_map.values()))
+            root = self.path.resolve()
+            outside = [n for n in names if not isinstance(n, str)
+                       or root not in (self.path / n).resolve().parents]
+            if outside:
+                raise CheckpointError(f"{index.name} lists shards outside {self.path}: {outside[:3]}; "
+                                      f"shard names must stay inside the checkpoint folder")
             missing = [n for n in names if not (self.path / n).exists()]
             if missing:
                 raise CheckpointError(f"shards listed in {index.name} are missing: {missing}; "

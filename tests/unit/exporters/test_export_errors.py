@@ -204,3 +204,16 @@ def test_missing_checkpoint_folder_and_config(tmp_path):
     (tmp_path / "empty").mkdir()
     _assert_cli_error(_cli("export", tmp_path / "empty", "-o", out), ["no config.json"])
     _assert_nothing_written(out)
+
+
+def test_index_shards_outside_the_folder_are_refused(tmp_path):
+    import json
+
+    from edgemoe.errors import CheckpointError
+    from edgemoe.exporters.checkpoint import Checkpoint
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a.weight": "../elsewhere.safetensors"}}))
+    with pytest.raises(CheckpointError, match="outside"):
+        Checkpoint(tmp_path)
