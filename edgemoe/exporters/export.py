@@ -126,24 +126,31 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     plan, ckpt, wmap = plan_export(src, quant)
     arch, adapter = plan.arch, wmap.adapter
     layout = record_layout(arch.expert_matrices(), quant)
-    total = arch.num_layers + 2
-    tick = progress or (lambda *_: None)
+    # progress units: embed, each layer's dense graph, each expert, head + manifest
+    total = 2 + arch.num_layers + len(arch.moe_layers) * arch.num_experts
+    done = [0]
+
+    def tick(stage: str, n: int = 1):
+        done[0] += n
+        if progress:
+            progress(stage, done[0], total)
     with PackageWriter(out, overwrite=overwrite) as w:
         # Each dense graph streams its weights into its .data file as it is built. The embedding
         # and the LM head are copied from the checkpoint in row blocks, never held whole; both are
         # resolved (and their shapes checked) here, before any layer is exported.
         embed, head = wmap.embed_rows(), wmap.head_weights()
         w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data))
-        tick("embed", 1, total)
+        tick("embed")
         layer_paths, expert_entries = [], []
         for i in range(arch.num_layers):
             lw = wmap.layer_weights(i)
             layer_paths.append(C.layer_graph_path(i))
             w.write_graph(layer_paths[-1], lambda data, i=i, lw=lw: layer_graph(arch, i, lw, data))
             del lw
+            tick(f"layer {i}")
             if arch.is_moe_layer(i):
-                expert_entries.append(_write_experts(w, wmap, arch, layout, quant, i))
-            tick(f"layer {i}", i + 2, total)
+                expert_entries.append(_write_experts(w, wmap, arch, layout, quant, i,
+                                                     lambda e, i=i: tick(f"layer {i} expert {e}")))
         w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data))
         del embed, head
         wmap.check_complete()
@@ -167,12 +174,12 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
                          C.K_LAYERS: layer_paths},
             C.K_EXPERTS: expert_entries,
         }
-        tick("manifest", total, total)
+        tick("manifest")
         return w.commit(manifest)
 
 
 def _write_experts(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant: QuantSpec,
-                   i: int) -> dict:
+                   i: int, on_expert=lambda e: None) -> dict:
     """Quantize layer i's experts one by one into its record file; one graph per expert and level."""
     d = C.expert_dir(i)
     rec = w.record_file(f"{d}/{C.RECORD_FILE}")
@@ -190,6 +197,7 @@ def _write_experts(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, qua
                              external_data=False)
                 levels.append({C.K_BITS: bits, C.K_SHA256: digest, C.K_GRAPH: g})
             records.append({C.K_EXPERT: e, C.K_OFFSET: offset, C.K_LEVELS: levels})
+            on_expert(e)
     finally:
         rec.close()
     return {C.K_LAYER: i, C.K_FILE: f"{d}/{C.RECORD_FILE}",
