@@ -60,11 +60,24 @@ class Runtime:
     Parameters
     ----------
     package : path of an .edgemoe package (or an open ``Package``)
-    level : bits every expert computes at (a level of the package's ladder); default the highest
-    backend : expert backend, "ort" (default) or "reference" (numpy ground truth)
+    level : bits every expert computes at (a level of the package's ladder; default the highest),
+        or "auto" under a budget: the policy picks per expert
+    backend : expert kernels: "ort" (default without a budget), "planes" (numpy on the record's bit
+        planes; default under a budget), "tvm" (needs ``edgemoe compile PKG --device host``), "hls"
+        (the FPGA's integer path), "reference" (numpy ground truth)
     threads : onnxruntime intra-op threads for the dense graphs
-    exact : experts compute in fp32 (slow; bit-faithful to the numpy reference) instead of onnxruntime's
-        int8-activation fast path
+    exact : with "ort", experts compute in fp32 (slow; bit-faithful to the numpy reference) instead
+        of onnxruntime's int8-activation fast path
+    budget : None (every expert resident), bytes, a size ("1.5GiB") or "NN%" (the fixed part plus
+        NN% of the experts at the top level); see ``edgemoe.runtime.budget``
+    policy, policy_args : scheduling policy under a budget ("hebf", "lru", "lfu", "static" with
+        ``{"profile": heat}``, "belady" with ``{"future": accesses}``)
+    context : tokens of KV cache the budget reserves
+    trace : path to record the routing trace (under a budget)
+    prefetch : look-ahead prefetch of the next layer's predicted experts (under a budget)
+    io_threads, direct_io, read_delay_s : the loader's threads, O_DIRECT use, and an artificial
+        per-read delay (to emulate a slow disk)
+    events : an event sink (``edgemoe.runtime.events``) the profiler listens with
     """
 
     def __init__(self, package, level: int | str | None = None, backend: str | None = None,
@@ -82,6 +95,13 @@ class Runtime:
         self.level = None if auto else (ladder[-1] if level is None else int(level))
         if self.level is not None:
             self.pkg.quant.level_index(self.level)  # ConfigError naming the valid levels
+        if budget is None and trace is not None:
+            raise ConfigError("routing traces are recorded by the budgeted runtime; give --budget "
+                              "(e.g. --budget 100% to keep every expert)")
+        if budget is not None and backend in ("ort", "reference"):
+            raise ConfigError(f"backend {backend!r} keeps its own copy of every loaded expert "
+                              f"(onnxruntime's packed weights: 2.4-4.8x the record; reference: float32), "
+                              f"which a byte budget cannot bound; under --budget use planes, tvm or hls")
         if budget is not None:
             pin_malloc_mmap_threshold()
         rss0 = rss_bytes()
@@ -116,10 +136,6 @@ class Runtime:
                 self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
             self.budgeted = None
             return
-        if backend in ("ort", "reference"):
-            raise ConfigError(f"backend {backend!r} keeps its own copy of every loaded expert "
-                              f"(onnxruntime's packed weights: 2.4-4.8x the record; reference: float32), "
-                              f"which a byte budget cannot bound; under --budget use planes, tvm or hls")
         self.backend = get_backend(backend or _budget_backend(self.pkg))
         if self.backend.name == "tvm":
             self.backend.prepare(self.pkg)    # load its kernel library now: a measured fixed cost
