@@ -279,7 +279,12 @@ class Runtime:
                 raise PackageError(f"{self.pkg.root} has no tokenizer; pass token ids instead of text, "
                                    f"or export from a checkpoint folder that has tokenizer.json")
             from tokenizers import Tokenizer
-            self._tokenizer = Tokenizer.from_str(self.pkg.read_file(self.pkg.tokenizer_file).decode())
+            try:
+                self._tokenizer = Tokenizer.from_str(self.pkg.read_file(self.pkg.tokenizer_file).decode())
+            except Exception as e:  # tokenizers raises a bare Exception for any parse error
+                raise PackageError(f"{self.pkg.tokenizer_file} in {self.pkg.root} cannot be loaded "
+                                   f"({e}); re-export the package from a checkpoint whose "
+                                   f"tokenizer.json loads with `tokenizers`") from e
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:
