@@ -29,6 +29,7 @@ class ExpertCache:
         self.layout = layout
         self.ladder = layout.spec.ladder
         self.entries: dict[Key, Entry] = {}
+        self._levels: dict[Key, int] = {}   # key -> target bits, kept up to date (schedulers read it)
         self.used = 0            # bytes of landed + pending chunks
         self.peak = 0
 
@@ -47,7 +48,15 @@ class ExpertCache:
         return self.ladder[n - 1] if n else 0
 
     def levels(self) -> dict[Key, int]:
-        return {k: self.target(k) for k in self.entries if self.target(k)}
+        """key -> bits resident once pending reads land (a live dict: read it, do not change it)."""
+        return self._levels
+
+    def _sync(self, key: Key) -> None:
+        bits = self.target(key)
+        if bits:
+            self._levels[key] = bits
+        else:
+            self._levels.pop(key, None)
 
     def chunk_bytes(self, index: int) -> int:
         return self.layout.chunks[index].length
@@ -65,6 +74,7 @@ class ExpertCache:
         e.pending[index] = future
         self.used += n
         self.peak = max(self.peak, self.used)
+        self._sync(key)
 
     def land(self, key: Key, index: int, buf: Any) -> None:
         e = self.entries[key]
@@ -86,4 +96,5 @@ class ExpertCache:
         self.used -= freed
         if not e.chunks:
             del self.entries[key]
+        self._sync(key)
         return freed

@@ -77,14 +77,17 @@ def chunk_reads(key: Key, have: int, want: int, ladder) -> list[tuple[Key, int]]
     return [(key, i) for i in range(lo, ladder.index(want) + 1)] if want else []
 
 
-def make_room(view: CacheView, need: int, protect: set, victims: list[Key],
+def make_room(view: CacheView, need: int, protect: set, victims,
               targets: Mapping[Key, int] | None = None) -> tuple[list[tuple[Key, int]], int]:
     """Free ``need`` bytes: first downgrade experts above their target (no I/O), then walk
-    ``victims`` (best victim first) evicting. Returns (drops, bytes freed)."""
+    ``victims`` (best victim first; a list, or a callable returning one, so the sort is only paid
+    when room is short) evicting. Returns (drops, bytes freed)."""
     free = view.capacity - view.used
     drops, freed = [], 0
     if free >= need:
         return drops, 0
+    if callable(victims):
+        victims = victims()
     levels = dict(view.levels)
     if targets:
         for key in victims:
@@ -120,8 +123,8 @@ def simple_plan(req: LayerRequest, view: CacheView, bits: int, victim_order: Cal
         r = chunk_reads(key, have, bits, view.ladder) if have < bits else []
         loads += r
         need += sum(view.chunk_bytes[i] for _, i in r)
-    victims = sorted((k for k in view.levels if k not in keys), key=victim_order)
-    drops, _ = make_room(view, need, set(keys), victims)
+    drops, _ = make_room(view, need, set(keys),
+                         lambda: sorted((k for k in view.levels if k not in keys), key=victim_order))
     return Plan(tuple(drops), tuple(loads), tuple((e, bits) for e, _ in req.needed))
 
 

@@ -59,10 +59,13 @@ class HEBF:
         loads = sorted((r for k in by_heat for r in reads[k]),
                        key=lambda r: (r[1], by_heat.index(r[0])))
         need = sum(view.chunk_bytes[i] for _, i in loads)
-        victims = sorted((k for k in view.levels if k not in keys),
-                         key=lambda k: (self._worth(k, req.layer, view, frozenset(req.predicted)),
-                                        view.last_use.get(k, -1), k))
-        drops, freed = make_room(view, need, set(keys), victims, targets or None)
+        predicted = frozenset(req.predicted)
+        drops, freed = make_room(
+            view, need, set(keys),
+            lambda: sorted((k for k in view.levels if k not in keys),
+                           key=lambda k: (self._worth(k, req.layer, view, predicted),
+                                          view.last_use.get(k, -1), k)),
+            targets or None)
         hits = [k for k in by_heat if not reads[k]]
         last = {k: max(loads.index(r) for r in reads[k]) for k in keys if reads[k]}
         order = hits + sorted(last, key=last.get)

@@ -28,7 +28,7 @@ class Static:
             if have < want[k]:
                 loads += chunk_reads(k, have, want[k], view.ladder)
         need = sum(view.chunk_bytes[i] for _, i in loads)
-        victims = sorted((k for k in view.levels if k not in keys),
-                         key=lambda k: (view.last_use.get(k, -1), k))
-        drops, _ = make_room(view, need, set(keys), victims)
+        drops, _ = make_room(view, need, set(keys),
+                             lambda: sorted((k for k in view.levels if k not in keys),
+                                            key=lambda k: (view.last_use.get(k, -1), k)))
         return Plan(tuple(drops), tuple(loads), tuple((k[1], max(want[k], 0)) for k in keys))
