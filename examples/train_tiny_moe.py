@@ -109,7 +109,7 @@ A {n_params / 1e6:.1f}M-parameter Mixtral-family model ({args.layers} layers, hi
   {platform.machine()} CPU ({os.cpu_count()} cores).
 - **Progress**: {state['step']} steps, {state['tokens_seen']:,} tokens seen,
   {state['train_seconds'] / 3600:.2f} h of training.
-- **Held-out loss**: {log_tail.get('heldout_loss', float('nan')):.4f} nats/token
+- **Held-out loss** (best so far; this checkpoint): {log_tail.get('heldout_loss', float('nan')):.4f} nats/token
   (perplexity {math.exp(log_tail.get('heldout_loss', float('nan'))):.2f}) at step {log_tail.get('step', '?')}.
 - **Command**: `python examples/train_tiny_moe.py {' '.join(state.get('argv', []))}`
 
@@ -191,9 +191,14 @@ def main(argv=None):
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def save():
+        """The resumable checkpoint (model, optimiser, state) in --work."""
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
         os.replace(tmp, ckpt)
+
+    def export_best():
+        """The HF checkpoint in --out, written only when the held-out loss improves: a small corpus
+        is memorised after a few epochs, and the best held-out model is the one to ship."""
         model.save_pretrained(args.out, safe_serialization=True)
         tok.save(str(args.out / "tokenizer.json"))
         (args.out / "heldout.txt").write_text(held_text)
@@ -219,9 +224,12 @@ def main(argv=None):
         rec = {"step": state["step"], "loss": round(float(out.loss.detach()), 4),
                "aux": round(float(out.aux_loss.detach()), 4) if out.aux_loss is not None else None,
                "lr": lr_at(state["step"] - 1), "tok_per_s": round(x.numel() / (time.time() - t0))}
+        improved = False
         if state["step"] % args.eval_every == 0:
             rec["heldout_loss"] = round(heldout_loss(model, held_ids, args.seq, 64), 4)
-            state["last_eval"] = {"step": state["step"], "heldout_loss": rec["heldout_loss"]}
+            improved = rec["heldout_loss"] < state.get("last_eval", {}).get("heldout_loss", 1e9)
+            if improved:
+                state["last_eval"] = {"step": state["step"], "heldout_loss": rec["heldout_loss"]}
         if state["step"] % 10 == 0 or "heldout_loss" in rec:
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -229,13 +237,18 @@ def main(argv=None):
         stop = (time.time() - t_start) / 60 > args.max_minutes
         if state["step"] % args.ckpt_every == 0 or stop:
             save()
+        if improved:
+            export_best()
         if stop:
             print("time limit reached; checkpoint saved", flush=True)
             return
-    state["last_eval"] = {"step": state["step"],
-                          "heldout_loss": round(heldout_loss(model, held_ids, args.seq, 10**6), 4)}
+    final = round(heldout_loss(model, held_ids, args.seq, 64), 4)
     save()
-    print(f"done: held-out loss {state['last_eval']['heldout_loss']}", flush=True)
+    if final < state.get("last_eval", {}).get("heldout_loss", 1e9):
+        state["last_eval"] = {"step": state["step"], "heldout_loss": final}
+        export_best()
+    print(f"done: best held-out loss {state['last_eval']['heldout_loss']} at step "
+          f"{state['last_eval']['step']}", flush=True)
 
 
 if __name__ == "__main__":
