@@ -85,7 +85,7 @@ def test_eval_text_adds_perplexity_and_stays_out_of_the_trace(demo_pkg, tmp_path
     trace = tmp_path / "e.jsonl"
     rec = record(RunConfig(str(demo_pkg), "75%", PROMPTS[:1], new_tokens=2, trace=str(trace),
                            eval_text=str(ASSET / "heldout.txt"), eval_tokens=80, eval_window=64))
-    assert 1 < rec.eval["perplexity"] < 1000
+    assert rec.eval["perplexity"] > 1 and rec.eval["perplexity"] < 1000
     assert len(rec.steps) == 3
     write_meta(trace, trace_meta(rec, get_device(HOST)), keep_steps=len(rec.steps))
     assert {r["step"] for r in read_trace(trace)[1]} == {0, 1, 2}
