@@ -182,13 +182,25 @@ def encode_record(weights: Mapping[str, np.ndarray], spec: QuantSpec) -> tuple[l
     return out, layout
 
 
+def slot_array(buf, layout: RecordLayout, slot) -> np.ndarray:
+    """A zero-copy view of ``slot``; ``buf`` is the record prefix as one buffer or a list of chunks."""
+    dt = np.dtype(slot.dtype)
+    if isinstance(buf, (list, tuple)):
+        for chunk, data in zip(layout.chunks, buf):
+            if chunk.offset <= slot.offset < chunk.offset + chunk.length:
+                return np.frombuffer(data, dt, slot.nbytes // dt.itemsize,
+                                     slot.offset - chunk.offset).reshape(slot.shape)
+        raise ValueError(f"{slot.name} is not in the {len(buf)} chunk(s) given")
+    return np.frombuffer(buf, dt, slot.nbytes // dt.itemsize, slot.offset).reshape(slot.shape)
+
+
 def record_views(buf, layout: RecordLayout, bits: int) -> dict[tuple[str, str, int], np.ndarray]:
     """Zero-copy numpy views of every tensor of levels ``<= bits``.
 
     Parameters
     ----------
-    buf : bytes, bytearray, memoryview, mmap or ndarray
-        The record from its start; at least ``layout.prefix_length(bits)`` bytes.
+    buf : bytes, bytearray, memoryview, mmap or ndarray, or a list of chunk buffers
+        The record from its start; at least ``layout.prefix_length(bits)`` bytes (or chunks).
     layout : RecordLayout
     bits : int
         A level of ``layout.spec.ladder``.
@@ -199,6 +211,12 @@ def record_views(buf, layout: RecordLayout, bits: int) -> dict[tuple[str, str, i
         ``(matrix, role, level_bits) -> ndarray`` with each slot's dtype and shape; a plane is keyed by
         the level of its chunk, float32 weights by 32.
     """
+    if isinstance(buf, (list, tuple)):          # the prefix as separate chunk buffers
+        n = layout.spec.level_index(bits) + 1
+        if len(buf) < n:
+            raise CorruptRecordError(f"level {bits} needs {n} chunks, got {len(buf)}")
+        return {(t.matrix, t.role, c.bits): slot_array(buf, layout, t)
+                for c in layout.chunks[:n] for t in c.tensors}
     need = layout.prefix_length(bits)
     mv = memoryview(buf)
     if not mv.contiguous:

@@ -13,6 +13,17 @@ from edgemoe.errors import CorruptRecordError
 from edgemoe.package.reader import Package
 
 
+def check_chunk(entry, chunk, data, got: int, layer: int, expert: int, verify: bool = True) -> None:
+    """Raise CorruptRecordError if a chunk read came back short or does not match its sha256."""
+    if got != chunk.length:
+        raise CorruptRecordError(f"{entry.file}: short read for layer {layer} expert {expert} "
+                                 f"({got} of {chunk.length} bytes); the package is truncated")
+    if verify and hashlib.sha256(data).hexdigest() != entry.level(chunk.bits).sha256:
+        raise CorruptRecordError(f"{entry.file}: layer {layer} expert {expert} level {chunk.bits} "
+                                 f"does not match its sha256: the record is corrupt; re-copy or "
+                                 f"re-export the package")
+
+
 class ExpertStore:
     """Positional reads (``os.pread``) of record chunks; thread-safe, one fd per record file."""
 
@@ -51,19 +62,12 @@ class ExpertStore:
             with self._lock:
                 self.bytes_read += max(n, 0)
                 self.reads += 1
-            if n != hi - lo:
-                raise CorruptRecordError(f"{entry.file}: short read for layer {layer} expert {expert} "
-                                         f"({n} of {hi - lo} bytes); the package is truncated")
-            if self.verify:
-                for chunk in self.layout.chunks:
-                    if lo <= chunk.offset < hi:
-                        digest = hashlib.sha256(view[chunk.offset - lo:chunk.offset - lo + chunk.length])
-                        want = entry.level(chunk.bits).sha256
-                        if digest.hexdigest() != want:
-                            raise CorruptRecordError(
-                                f"{entry.file}: layer {layer} expert {expert} level "
-                                f"{chunk.bits} does not match its sha256: the record is "
-                                f"corrupt; re-copy or re-export the package")
+            for chunk in self.layout.chunks:
+                if lo <= chunk.offset < hi:
+                    start = chunk.offset - lo
+                    landed = min(max(n - start, 0), chunk.length)   # of this chunk's bytes
+                    check_chunk(entry, chunk, view[start:start + chunk.length], landed,
+                                layer, expert, self.verify)
         return buf
 
     def close(self):

@@ -8,7 +8,6 @@ thread. Bytes, reads, time waited by the compute thread and I/O time overlapped 
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import threading
@@ -16,9 +15,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 
-from edgemoe.errors import CorruptRecordError, PackageError
+from edgemoe.errors import PackageError
 from edgemoe.package.reader import Package
 from edgemoe.runtime.events import Event
+from edgemoe.runtime.expert_store import check_chunk
 
 
 def aligned_buffer(n: int) -> mmap.mmap:
@@ -83,13 +83,7 @@ class Loader:
             os.posix_fadvise(fd, pos, chunk.length, os.POSIX_FADV_DONTNEED)
         if self.read_delay_s:
             time.sleep(self.read_delay_s)
-        if n != chunk.length:
-            raise CorruptRecordError(f"{entry.file}: short read for layer {layer} expert {expert} "
-                                     f"({n} of {chunk.length} bytes); the package is truncated")
-        if self.verify and hashlib.sha256(buf).hexdigest() != entry.level(chunk.bits).sha256:
-            raise CorruptRecordError(f"{entry.file}: layer {layer} expert {expert} level {chunk.bits} "
-                                     f"does not match its sha256: the record is corrupt; re-copy or "
-                                     f"re-export the package")
+        check_chunk(entry, chunk, buf, n, layer, expert, self.verify)
         t1 = time.perf_counter()
         with self._lock:
             self.bytes_read += n

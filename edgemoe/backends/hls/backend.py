@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgemoe.backends.hls.int_path import expert_int
-from edgemoe.backends.planes.backend import slot_array
+from edgemoe.quant.record import record_views
 
 
 class HlsBackend:
@@ -26,12 +26,7 @@ class HlsBackend:
         return write_project(pkg, out or pkg.root / "kernels" / device / "hls", device, part=part)
 
     def load(self, pkg, layer, expert, bits, buf):
-        layout, spec = pkg.layout, pkg.quant
-        views = {}
-        for c in layout.chunks[: spec.level_index(bits) + 1]:
-            for t in c.tensors:
-                views[(t.matrix, t.role, c.bits)] = slot_array(buf, layout, t)
-        return layout, views, bits
+        return pkg.layout, record_views(buf, pkg.layout, bits), bits
 
     def run(self, handle, x):
         layout, views, bits = handle

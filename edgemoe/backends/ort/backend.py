@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgemoe.quant.record import RecordLayout
+from edgemoe.quant.record import RecordLayout, slot_array
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -21,13 +21,8 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
 def slot_views(buf: np.ndarray, layout: RecordLayout, bits: int) -> dict[str, np.ndarray]:
     """Zero-copy views of every tensor of levels <= bits, keyed by slot name (= initializer name)."""
-    out = {}
-    for c in layout.chunks[: layout.spec.level_index(bits) + 1]:
-        for t in c.tensors:
-            dt = np.dtype(t.dtype)
-            out[t.name] = np.frombuffer(buf, dtype=dt, count=t.nbytes // dt.itemsize,
-                                        offset=t.offset).reshape(t.shape)
-    return out
+    return {t.name: slot_array(buf, layout, t)
+            for c in layout.chunks[: layout.spec.level_index(bits) + 1] for t in c.tensors}
 
 
 class OrtBackend:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemoe.quant.record import RecordLayout
+from edgemoe.quant.record import RecordLayout, slot_array
 
 # _lut(w, shift)[byte] -> the codes in that byte, LSB-first, already shifted: [256, 8 // w] uint8
 _LUTS: dict = {}
@@ -55,18 +55,6 @@ def _codes(planes: list[np.ndarray], widths: tuple[int, ...], shifts: list[int],
         if p:
             c |= dst
     return c
-
-
-def slot_array(buf, layout: RecordLayout, slot) -> np.ndarray:
-    """A zero-copy view of ``slot``; ``buf`` is the record prefix as one buffer or a list of chunks."""
-    dt = np.dtype(slot.dtype)
-    if isinstance(buf, (list, tuple)):
-        for chunk, data in zip(layout.chunks, buf):
-            if chunk.offset <= slot.offset < chunk.offset + chunk.length:
-                return np.frombuffer(data, dt, slot.nbytes // dt.itemsize,
-                                     slot.offset - chunk.offset).reshape(slot.shape)
-        raise ValueError(f"{slot.name} is not in the {len(buf)} chunk(s) given")
-    return np.frombuffer(buf, dt, slot.nbytes // dt.itemsize, slot.offset).reshape(slot.shape)
 
 
 class PlanesBackend:

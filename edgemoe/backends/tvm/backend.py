@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from edgemoe.backends.planes.backend import slot_array
 from edgemoe.backends.tvm import require_tvm, tvm_missing_reason
 from edgemoe.backends.tvm.compile import FORMAT, INDEX, KERNELS_DIR, VERSION
 from edgemoe.backends.tvm.specs import chunks, kernel_name
 from edgemoe.errors import KernelsMissingError
-from edgemoe.quant.record import RecordLayout
+from edgemoe.quant.record import RecordLayout, slot_array
 
 MATRICES = ("gate_up", "down")
 

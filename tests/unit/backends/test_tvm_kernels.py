@@ -54,7 +54,7 @@ def _swiglu64(x, gate_up, down):
 
 @pytest.mark.parametrize("tokens", BUCKETS)
 def test_every_matmul_kernel_matches_reference(case, tokens):
-    from edgemoe.backends.planes.backend import slot_array
+    from edgemoe.quant.record import slot_array
     from edgemoe.backends.tvm.specs import kernel_name
 
     spec, layout, buf, ks = case["spec"], case["layout"], case["buf"], case["kernels"]

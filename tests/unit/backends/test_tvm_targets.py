@@ -148,7 +148,7 @@ def test_aarch64_library_runs_under_qemu(tmp_path, record):
         pytest.skip(f"${QEMU_ENV} is not set (a qemu-user command running an aarch64 Python with tvm)")
     if shutil.which(AARCH64_CC) is None:
         pytest.skip(f"{AARCH64_CC} is not installed")
-    from edgemoe.backends.planes.backend import slot_array
+    from edgemoe.quant.record import slot_array
 
     layout, buf = record
     index = _build("aarch64", "aarch64", tmp_path, buckets=(1, 16))      # GEMV and GEMM
@@ -211,7 +211,7 @@ def test_opencl_kernels_run_on_pocl_and_match_reference(tmp_path, record):
     device, why = _opencl_device()
     if device is None:
         pytest.skip(why)
-    from edgemoe.backends.planes.backend import slot_array
+    from edgemoe.quant.record import slot_array
     from edgemoe.backends.tvm.opencl import OpenCLKernels
 
     layout, buf = record
