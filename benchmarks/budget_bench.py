@@ -33,7 +33,10 @@ def worker(args: dict) -> dict:
     import numpy as np
 
     from edgemoe.runtime.engine import Runtime
+    from edgemoe.runtime.memory import pin_malloc_mmap_threshold, start_libraries
 
+    pin_malloc_mmap_threshold()
+    start_libraries()   # baseline: after imports and the libraries' start-up (see memory.py)
     base = _vm("VmRSS")
     rt = Runtime(args["package"], level=args["level"], budget=args["budget"], policy=args["policy"],
                  backend=args.get("backend"), trace=args.get("trace"),

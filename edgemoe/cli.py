@@ -68,22 +68,28 @@ def _bar(label: str):
 @click.option("--experts", "expert_mode", default="matryoshka", show_default=True,
               type=click.Choice(["matryoshka", "float32"]),
               help="float32 stores experts unquantized (exact parity with the checkpoint)")
+@click.option("--dense", "dense_dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "int8"]),
+              help="dense weights (attention, embedding, LM head): float32 as in the checkpoint, or "
+                   "int8 groups of --group-size (~1/4 the resident memory; the router stays float32)")
 @click.option("--dry-run", is_flag=True, help="print the planned files and sizes; write nothing")
 @click.option("--overwrite", is_flag=True, help="replace an existing package at -o")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
-def export(src, out, ladder, group_size, scale_dtype, expert_mode, dry_run, overwrite, as_json):
+def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, dry_run, overwrite, as_json):
     """Export a Hugging Face MoE checkpoint folder SRC to an .edgemoe package.
 
     SRC holds config.json, *.safetensors (sharded or not; fp32/fp16/bf16) and optionally
     tokenizer.json. Supported families: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, PhiMoE, GraniteMoE.
     """
     from edgemoe.exporters.export import export as do_export, plan_export
+    from edgemoe.quant.dense import DenseQuant
     from edgemoe.quant.spec import QuantSpec, parse_ladder
 
     spec = (QuantSpec.float32() if expert_mode == "float32" else
             QuantSpec(ladder=parse_ladder(ladder), group_size=group_size, scale_dtype=scale_dtype))
+    dense = DenseQuant(dense_dtype, group_size)
     if dry_run:
-        plan, _, _ = plan_export(src, spec)
+        plan, _, _ = plan_export(src, spec, dense)
         summary = {"family": plan.family, "files": [{"path": p, "bytes": n} for p, n in plan.files],
                    "total_bytes": plan.total_bytes,
                    "expert_bytes_per_level": {b: plan.level_bytes(b) for b in spec.ladder}}
@@ -99,7 +105,7 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dry_run, over
             click.echo(f"  experts at level {b}: {plan.level_bytes(b) / 2**20:.2f} MiB resident")
         return
     path = do_export(src, out, spec, overwrite=overwrite,
-                     progress=None if as_json else _bar("exporting"))
+                     progress=None if as_json else _bar("exporting"), dense=dense)
     if as_json:
         click.echo(json.dumps({"package": str(path)}))
     else:
@@ -124,7 +130,9 @@ def inspect(package, as_json, verify):
     q = info["quant"]
     click.echo(f"quant: {q['scheme']} ladder {q['ladder']} group {q['group_size']} "
                f"scales {q['scale_dtype']}")
-    click.echo(f"dense graphs: {info['dense_bytes'] / 2**20:.2f} MiB")
+    d = info["dense"]
+    click.echo(f"dense graphs: {info['dense_bytes'] / 2**20:.2f} MiB ({d['dtype']}"
+               + (f", group {d['group_size']})" if d["dtype"] != "float32" else ")"))
     for lv in info["levels"]:
         click.echo(f"experts at level {lv['bits']:>2}: {lv['bytes'] / 2**20:9.2f} MiB "
                    f"({lv['bytes_per_expert']:,} B per expert)")

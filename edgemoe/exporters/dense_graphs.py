@@ -19,9 +19,30 @@ from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
 from edgemoe.package.graph_io import DENSE_OUTPUTS, LAYER_INPUTS, MOE_OUTPUTS, ROUTER_WEIGHT  # noqa: F401
-from edgemoe.package.onnx_util import ExternalData, GraphBuilder, RowBlocks
+from edgemoe.package.onnx_util import MS_DOMAIN, ExternalData, GraphBuilder, RowBlocks
+from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int8_groups
 
 F = TensorProto.FLOAT
+
+
+# MatMulNBits compute type for dense weights: 0 = float32 activations. (The experts use 4, int8
+# activations, for speed; the dense matmuls are a small share of the time and feed every token.)
+DENSE_ACCURACY_LEVEL = 0
+
+
+def _int8_rows(w, group_size: int):
+    """W [N, K] (array or RowBlocks) -> (codes [N, G*gs] uint8, scales [N, G] float32), each an array
+    or, for row blocks, row blocks (quantized block by block; each pass re-reads the blocks)."""
+    if not isinstance(w, RowBlocks):
+        codes, scales = quantize_int8_groups(w, group_size)
+        return codes.reshape(len(codes), -1), scales
+    n, k = w.shape
+    g = -(-k // group_size)
+
+    def part(i):
+        return lambda: (quantize_int8_groups(blk, group_size)[i].reshape(len(blk), -1) for blk in w.blocks())
+    return (RowBlocks((n, g * group_size), np.dtype(np.uint8), part(0)),
+            RowBlocks((n, g), np.dtype(np.float32), part(1)))
 
 
 def _i64(*v):
@@ -41,15 +62,24 @@ def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarra
 
 
 def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = None,
-            name: str | None = None) -> str:
-    """x [..., K] @ w[N, K]^T (+ bias) -> [..., N]; weight stored transposed once, as [K, N]."""
-    y = b.op("MatMul", x, b.const_t(w, name))
+            name: str | None = None, dq: DenseQuant = FLOAT32) -> str:
+    """x [..., K] @ w[N, K]^T (+ bias) -> [..., N]. float32: weight stored transposed once, as
+    [K, N]. int8: codes [N, G, gs] + scales [N, G] for MatMulNBits (the router stays float32)."""
+    n, k = w.shape
+    if not dq.quantized or name == ROUTER_WEIGHT or n == 1:
+        y = b.op("MatMul", x, b.const_t(w, name))
+    else:
+        gs = dq.group_size
+        codes, scales = _int8_rows(w, gs)
+        y = b.op("MatMulNBits", x, b.const(codes, shape=(n, -(-k // gs), gs)), b.const(scales),
+                 domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=gs, accuracy_level=DENSE_ACCURACY_LEVEL)
     return y if bias is None else b.op("Add", y, b.const(bias))
 
 
-def _swiglu(b: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> str:
-    g = _linear(b, x, gate)
-    return _linear(b, b.op("Mul", b.op("Mul", g, b.op("Sigmoid", g)), _linear(b, x, up)), down)
+def _swiglu(b: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray,
+            dq: DenseQuant) -> str:
+    g = _linear(b, x, gate, dq=dq)
+    return _linear(b, b.op("Mul", b.op("Mul", g, b.op("Sigmoid", g)), _linear(b, x, up, dq=dq)), down, dq=dq)
 
 
 def _rope(b: GraphBuilder, x: str, arch: MoEArch) -> str:
@@ -67,12 +97,12 @@ def _heads(b: GraphBuilder, x: str, n: int, d: int) -> str:
     return b.op("Transpose", b.op("Reshape", x, b.const(_i64(0, n, d))), perm=[1, 0, 2])
 
 
-def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict) -> str:
+def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant) -> str:
     nh, kvh, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
     g = nh // kvh
-    q = _linear(b, x, w["q"], w.get("q_bias"))
-    k = _linear(b, x, w["k"], w.get("k_bias"))
-    v = _linear(b, x, w["v"], w.get("v_bias"))
+    q = _linear(b, x, w["q"], w.get("q_bias"), dq=dq)
+    k = _linear(b, x, w["k"], w.get("k_bias"), dq=dq)
+    v = _linear(b, x, w["v"], w.get("v_bias"), dq=dq)
     if arch.qk_norm == "full":          # OLMoE: RMSNorm over the whole projection, then clip
         q = _norm(b, q, arch, w["q_norm"], None)
         k = _norm(b, k, arch, w["k_norm"], None)
@@ -97,11 +127,11 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict) -> str:
     ctx = b.op("MatMul", probs, v_all)                                      # [KVH, G*T, D]
     ctx = b.op("Transpose", b.op("Reshape", ctx, b.const(_i64(nh, -1, d))), perm=[1, 0, 2])
     ctx = b.op("Reshape", ctx, b.const(_i64(0, nh * d)))                    # [T, NH*D]
-    return _linear(b, ctx, w["o"], w.get("o_bias"))
+    return _linear(b, ctx, w["o"], w.get("o_bias"), dq=dq)
 
 
 def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
-                data: ExternalData | None = None) -> onnx.ModelProto:
+                data: ExternalData | None = None, dq: DenseQuant = FLOAT32) -> onnx.ModelProto:
     """The decoder layer ``index`` as an ONNX model (weights as initializers; saved as external data).
 
     ``w`` holds canonical roles: attn_norm(.bias), q, k, v, o (+ *_bias), q_norm, k_norm, mlp_norm(.bias),
@@ -119,43 +149,58 @@ def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
     b.input("past_v", F, [kvh, "P", d])
     rm = b.const(np.float32(arch.residual_multiplier))
     x = _norm(b, "hidden", arch, w["attn_norm"], w.get("attn_norm.bias"))
-    h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w), rm))
+    h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq), rm))
     x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
     if arch.is_moe_layer(index):
         b.output(x2, "moe_in", F, ["T", H])
         b.output(_linear(b, x2, w["router"], name=ROUTER_WEIGHT), "router_logits", F, ["T", arch.num_experts])
         residual = h
         if arch.shared_intermediate_size:
-            s = _swiglu(b, x2, w["shared_gate"], w["shared_up"], w["shared_down"])
+            s = _swiglu(b, x2, w["shared_gate"], w["shared_up"], w["shared_down"], dq)
             if arch.shared_expert_gate:
-                s = b.op("Mul", b.op("Sigmoid", _linear(b, x2, w["shared_expert_gate"])), s)
+                s = b.op("Mul", b.op("Sigmoid", _linear(b, x2, w["shared_expert_gate"], dq=dq)), s)
             residual = b.op("Add", h, b.op("Mul", s, rm))
         b.output(residual, "residual", F, ["T", H])
     else:
-        mlp = _swiglu(b, x2, w["mlp_gate"], w["mlp_up"], w["mlp_down"])
+        mlp = _swiglu(b, x2, w["mlp_gate"], w["mlp_up"], w["mlp_down"], dq)
         b.output(b.op("Add", h, b.op("Mul", mlp, rm)), "hidden_out", F, ["T", H])
     return b.model()
 
 
 def embed_graph(arch: MoEArch, embed: np.ndarray | RowBlocks,
-                data: ExternalData | None = None) -> onnx.ModelProto:
-    """ids [T] int64 -> hidden [T, H] (times embedding_multiplier); ``embed`` [V, H] may be row blocks."""
+                data: ExternalData | None = None, dq: DenseQuant = FLOAT32) -> onnx.ModelProto:
+    """ids [T] int64 -> hidden [T, H] (times embedding_multiplier); ``embed`` [V, H] may be row blocks.
+    int8: only the gathered rows are dequantized, ``(codes[ids] - 128) * scales[ids]`` per group."""
     b = GraphBuilder("embed", data)
     b.input("ids", TensorProto.INT64, ["T"])
-    h = b.op("Gather", b.const(embed), "ids", axis=0)
+    if dq.quantized:
+        v, hid = embed.shape
+        gs = dq.group_size
+        g = -(-hid // gs)
+        codes, scales = _int8_rows(embed, gs)
+        rows = b.op("Gather", b.const(codes), "ids", axis=0)                          # [T, G*gs] uint8
+        rows = b.op("Sub", b.op("Cast", rows, to=F), b.const(np.float32(ZERO)))
+        rows = b.op("Reshape", rows, b.const(_i64(-1, g, gs)))                        # [T, G, gs]
+        s = b.op("Unsqueeze", b.op("Gather", b.const(scales), "ids", axis=0), b.const(_i64(2)))
+        h = b.op("Reshape", b.op("Mul", rows, s), b.const(_i64(-1, g * gs)))          # [T, G*gs]
+        if g * gs != hid:
+            h = b.op("Slice", h, b.const(_i64(0)), b.const(_i64(hid)), b.const(_i64(1)))
+    else:
+        h = b.op("Gather", b.const(embed), "ids", axis=0)
     if arch.embedding_multiplier != 1.0:
         h = b.op("Mul", h, b.const(np.float32(arch.embedding_multiplier)))
     b.output(h, "hidden", F, ["T", arch.hidden_size])
     return b.model()
 
 
-def head_graph(arch: MoEArch, w: dict, data: ExternalData | None = None) -> onnx.ModelProto:
+def head_graph(arch: MoEArch, w: dict, data: ExternalData | None = None,
+               dq: DenseQuant = FLOAT32) -> onnx.ModelProto:
     """hidden [T, H] -> final norm -> logits [T, V] (+ bias, / logits_scaling). ``w["lm_head"]`` [V, H]
     (an array or row blocks) is stored transposed, as [H, V], written block by block to ``data``."""
     b = GraphBuilder("head", data)
     b.input("hidden", F, ["T", arch.hidden_size])
     x = _norm(b, "hidden", arch, w["final_norm"], w.get("final_norm.bias"))
-    logits = _linear(b, x, w["lm_head"], w.get("lm_head.bias"))
+    logits = _linear(b, x, w["lm_head"], w.get("lm_head.bias"), dq=dq)
     if arch.logits_scaling != 1.0:
         logits = b.op("Div", logits, b.const(np.float32(arch.logits_scaling)))
     b.output(logits, "logits", F, ["T", arch.vocab_size])

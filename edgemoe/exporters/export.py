@@ -25,6 +25,7 @@ from edgemoe.exporters.weight_map import WeightMap
 from edgemoe.package import constants as C
 from edgemoe.package.expert_graph import expert_graph
 from edgemoe.package.writer import PackageWriter
+from edgemoe.quant.dense import FLOAT32, DenseQuant
 from edgemoe.quant.record import encode_record, record_layout
 from edgemoe.quant.spec import QuantSpec
 
@@ -50,8 +51,8 @@ class ExportPlan:
         return len(self.arch.moe_layers) * self.arch.num_experts * layout.prefix_length(bits)
 
 
-def _dense_bytes(arch: MoEArch, ckpt: Checkpoint, names: dict) -> int:
-    total = 0
+def _dense_bytes(arch: MoEArch, ckpt: Checkpoint, names: dict, dense: DenseQuant) -> int:
+    total = 0.0
     for alts in names.values():
         for n in alts:
             if n in ckpt.tensors:
@@ -59,12 +60,12 @@ def _dense_bytes(arch: MoEArch, ckpt: Checkpoint, names: dict) -> int:
                 c = 1
                 for d in shape:
                     c *= d
-                total += 4 * c
+                total += (dense.bytes_per_weight if len(shape) == 2 else 4) * c
                 break
-    return total
+    return int(total)
 
 
-def plan_export(src, quant: QuantSpec) -> tuple[ExportPlan, Checkpoint, WeightMap]:
+def plan_export(src, quant: QuantSpec, dense: DenseQuant = FLOAT32) -> tuple[ExportPlan, Checkpoint, WeightMap]:
     """Index the checkpoint, pick its adapter and resolve every tensor (raising on any mismatch)."""
     ckpt = Checkpoint(src)
     adapter = adapter_for(ckpt.config)
@@ -83,12 +84,12 @@ def plan_export(src, quant: QuantSpec) -> tuple[ExportPlan, Checkpoint, WeightMa
     plan = ExportPlan(Path(src), adapter.name, arch, quant)
     layout = record_layout(arch.expert_matrices(), quant)
     g = adapter.global_names(arch)
-    plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]})))
+    plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]}, dense)))
     for i in range(arch.num_layers):
-        plan.files.append((C.layer_graph_path(i), _dense_bytes(arch, ckpt, adapter.layer_names(arch, i))))
+        plan.files.append((C.layer_graph_path(i), _dense_bytes(arch, ckpt, adapter.layer_names(arch, i), dense)))
     head = {k: v for k, v in g.items() if k != "embed"}
-    plan.files.append((C.GRAPHS_DIR + "/head.onnx", _dense_bytes(arch, ckpt, head)
-                       or 4 * arch.vocab_size * arch.hidden_size))
+    plan.files.append((C.GRAPHS_DIR + "/head.onnx", _dense_bytes(arch, ckpt, head, dense)
+                       or int(dense.bytes_per_weight * arch.vocab_size * arch.hidden_size)))
     for i in arch.moe_layers:
         plan.files.append((f"{C.expert_dir(i)}/{C.RECORD_FILE}", arch.num_experts * layout.length))
     tok = Path(src) / C.TOKENIZER_FILE
@@ -111,7 +112,7 @@ def _check_tokenizer(path: Path):
 
 
 def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
-           progress: Progress | None = None) -> Path:
+           progress: Progress | None = None, dense: DenseQuant = FLOAT32) -> Path:
     """Export checkpoint folder ``src`` into package folder ``out``; returns ``out``.
 
     Parameters
@@ -121,9 +122,11 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     quant : expert quantization; default matryoshka ladder (2, 4, 8), group 64
     overwrite : replace an existing package at ``out``
     progress : optional callback ``(stage, done, total)``
+    dense : how the dense matrices are stored: float32 (default, exact) or int8 groups (~1/4 the
+        memory; see ``edgemoe.quant.dense``)
     """
     quant = quant or QuantSpec()
-    plan, ckpt, wmap = plan_export(src, quant)
+    plan, ckpt, wmap = plan_export(src, quant, dense)
     arch, adapter = plan.arch, wmap.adapter
     layout = record_layout(arch.expert_matrices(), quant)
     # progress units: embed, each layer's dense graph, each expert, head + manifest
@@ -139,19 +142,19 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         # and the LM head are copied from the checkpoint in row blocks, never held whole; both are
         # resolved (and their shapes checked) here, before any layer is exported.
         embed, head = wmap.embed_rows(), wmap.head_weights()
-        w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data))
+        w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data, dense))
         tick("embed")
         layer_paths, expert_entries = [], []
         for i in range(arch.num_layers):
             lw = wmap.layer_weights(i)
             layer_paths.append(C.layer_graph_path(i))
-            w.write_graph(layer_paths[-1], lambda data, i=i, lw=lw: layer_graph(arch, i, lw, data))
+            w.write_graph(layer_paths[-1], lambda data, i=i, lw=lw: layer_graph(arch, i, lw, data, dense))
             del lw
             tick(f"layer {i}")
             if arch.is_moe_layer(i):
                 expert_entries.append(_write_experts(w, wmap, arch, layout, quant, i,
                                                      lambda e, i=i: tick(f"layer {i} expert {e}")))
-        w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data))
+        w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data, dense))
         del embed, head
         wmap.check_complete()
         tokenizer = None
@@ -169,6 +172,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
             C.K_ARCH: arch.to_dict(),
             C.K_QUANT: quant.to_dict(),
+            **({C.K_DENSE: dense.to_dict()} if dense.quantized else {}),
             C.K_TOKENIZER: tokenizer,
             C.K_GRAPHS: {C.K_EMBED: C.GRAPHS_DIR + "/embed.onnx", C.K_HEAD: C.GRAPHS_DIR + "/head.onnx",
                          C.K_LAYERS: layer_paths},

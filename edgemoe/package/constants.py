@@ -12,6 +12,7 @@ K_PRODUCER = "producer"
 K_ARCH = "arch"
 K_QUANT = "quant"
 K_TOKENIZER = "tokenizer"
+K_DENSE = "dense"              # optional: how the dense weights are stored (absent = float32)
 K_FILES = "files"
 K_GRAPHS = "graphs"
 K_EXPERTS = "experts"

@@ -13,6 +13,7 @@ def describe(path, verify: bool = False) -> dict:
         "producer": pkg.manifest[C.K_PRODUCER],
         "arch": pkg.arch.to_dict(),
         "quant": pkg.quant.to_dict(),
+        "dense": pkg.dense.to_dict(),
         "dense_bytes": pkg.dense_bytes(),
         "levels": [{"bits": b, "bytes": pkg.level_bytes(b),
                     "bytes_per_expert": pkg.layout.prefix_length(b)} for b in pkg.quant.ladder],

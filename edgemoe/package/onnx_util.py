@@ -193,15 +193,18 @@ class GraphBuilder:
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
         return name
 
-    def const(self, array, name: str | None = None) -> str:
+    def const(self, array, name: str | None = None, shape=None) -> str:
         """An initializer holding ``array`` (a :class:`RowBlocks` too): inline, or streamed to
-        ``data`` when it is large."""
+        ``data`` when it is large. ``shape``: the initializer's shape when it differs from the
+        array's (same bytes, e.g. [N, G, gs] for row blocks of [N, G*gs])."""
         name = name or self.fresh("c")
         if isinstance(array, RowBlocks):
             if self.data is not None and _is_external(array.nbytes):
-                return self._streamed(name, array.dtype, array.shape, *self.data.write_rows(array))
+                return self._streamed(name, array.dtype, shape or array.shape, *self.data.write_rows(array))
             array = array.array()
         array = np.asarray(array)
+        if shape is not None:
+            array = array.reshape(shape)
         if self.data is not None and _is_external(array.nbytes):
             return self._streamed(name, array.dtype, array.shape, *self.data.write(array))
         self.inits.append(numpy_helper.from_array(array, name))

@@ -19,6 +19,7 @@ from edgemoe.errors import (ConfigError, CorruptRecordError, EdgeMoEError, Incom
 from edgemoe.package import constants as C
 from edgemoe.package.writer import sha256_file
 from edgemoe.quant.record import RecordLayout, record_layout
+from edgemoe.quant.dense import DenseQuant
 from edgemoe.quant.spec import QuantSpec
 
 SUPPORTED_MAJOR = int(C.FORMAT_VERSION.split(".")[0])
@@ -97,6 +98,10 @@ class Package:
     def _load(self, m: dict):
         self.arch = MoEArch.from_dict(m[C.K_ARCH])
         self.quant = QuantSpec.from_dict(m[C.K_QUANT])
+        try:
+            self.dense = DenseQuant.from_dict(m.get(C.K_DENSE))
+        except ConfigError as e:
+            raise PackageError(f"{self.root}: {e}") from None
         self.layout: RecordLayout = record_layout(self.arch.expert_matrices(), self.quant)
         self.files: dict[str, dict] = {_safe_rel(self.root, k): v for k, v in m[C.K_FILES].items()}
         self._check_files()

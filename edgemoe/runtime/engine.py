@@ -15,15 +15,15 @@ import numpy as np
 import onnxruntime as ort
 
 from edgemoe.backends import get_backend
-from edgemoe.errors import ConfigError, PackageError
+from edgemoe.errors import BudgetError, ConfigError, PackageError
 from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import DENSE_OUTPUTS, MOE_OUTPUTS
 from edgemoe.runtime.events import Event
 from edgemoe.runtime.expert_store import ExpertStore
-from edgemoe.runtime.budget import PREFILL_CHUNK, plan_budget
+from edgemoe.runtime.budget import PREFILL_CHUNK, fmt_size, plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
 from edgemoe.runtime.kv_cache import KVCache
-from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes
+from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes, start_libraries
 from edgemoe.runtime.rope import causal_mask, rope_tables
 from edgemoe.runtime.routing import route
 from edgemoe.runtime.sampling import Sampler, SamplingConfig
@@ -104,6 +104,7 @@ class Runtime:
                               f"which a byte budget cannot bound; under --budget use planes, tvm or hls")
         if budget is not None:
             pin_malloc_mmap_threshold()
+            start_libraries()   # their start-up is the process's baseline, not this model's memory
         rss0 = rss_bytes()
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
@@ -215,6 +216,11 @@ class Runtime:
         if past + t > self.arch.max_position:
             raise ConfigError(f"sequence of {past + t} tokens exceeds the model's max_position "
                               f"{self.arch.max_position}; reset() or shorten the prompt")
+        if self.budget_plan is not None and past + t > self.budget_plan.context:
+            raise BudgetError(f"sequence of {past + t} tokens exceeds the {self.budget_plan.context}-token "
+                              f"context whose KV cache the budget reserved; raise --context (the KV "
+                              f"cache then takes {fmt_size(KVCache.bytes_for(self.arch, past + t))}) "
+                              f"or shorten the prompt")
         t_step = time.perf_counter()
         hidden = self._embed.run(None, {"ids": ids})[0]
         cos, sin = rope_tables(self.arch, np.arange(past, past + t))
