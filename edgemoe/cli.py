@@ -250,8 +250,9 @@ def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exac
 @click.option("--max-new-tokens", default=80, show_default=True, type=click.IntRange(1))
 @click.option("--level", type=LEVEL, default="auto", show_default=True,
               help="expert bits (2, 4, 8) or auto (the scheduler picks per expert)")
-@click.option("--budget", default="50%", show_default=True,
-              help="memory budget: the fixed part plus this share of the experts, or a size")
+@click.option("--budget", default=None,
+              help="memory budget: a size (e.g. 24MiB) or NN% (the fixed part plus that share of the "
+                   "experts); default: half the model's size (its fp16 checkpoint)")
 @click.option("--greedy", is_flag=True, help="greedy decoding (default: sample, seed 0)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def demo(prompt, max_new_tokens, level, budget, greedy, as_json):
@@ -273,10 +274,12 @@ def demo(prompt, max_new_tokens, level, budget, greedy, as_json):
     click.echo("\n")
     click.echo(f"  {report['tokens']} tokens: first after {report['time_to_first_token_s']:.2f} s, "
                f"then {report['decode_tokens_per_s']:.1f} tokens/s")
-    click.echo(f"  budget {report['budget_bytes'] / mib:.1f} MiB (fixed {report['dense_bytes'] / mib:.1f} "
-               f"MiB + expert cache {report['expert_cache_bytes'] / mib:.1f} MiB for "
-               f"{report['package_expert_bytes'] / mib:.1f} MiB of 8-bit experts); "
-               f"peak RSS {report['peak_rss_bytes'] / mib:.0f} MiB")
+    click.echo(f"  budget {report['budget_bytes'] / mib:.1f} MiB = "
+               f"{report['budget_bytes'] / report['model_bytes']:.0%} of the model's "
+               f"{report['model_bytes'] / mib:.1f} MiB (dense weights, tokenizer, KV cache "
+               f"and buffers {report['fixed_bytes'] / mib:.1f} MiB + expert cache "
+               f"{report['expert_cache_bytes'] / mib:.1f} MiB for {report['package_expert_bytes'] / mib:.1f} "
+               f"MiB of 8-bit experts); process peak RSS {report['peak_rss_bytes'] / mib:.0f} MiB")
     click.echo(f"  expert hit rate {report['hit_rate']:.0%}, {report['expert_bytes_read'] / mib:.1f} MiB "
                f"read, levels used (token-expert pairs): {report['level_mix']}")
     click.echo(f"  package: {report['package']}")

@@ -9,6 +9,8 @@ import hashlib
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +35,11 @@ def builtin_checkpoint() -> Path:
     return ASSET
 
 
+def model_bytes() -> int:
+    """The built-in model's size as shipped: its fp16 checkpoint (what "half its size" refers to)."""
+    return sum(f.stat().st_size for f in builtin_checkpoint().glob("*.safetensors"))
+
+
 def builtin_package(progress=None) -> Path:
     """Export the built-in checkpoint into the cache once; later calls reuse it."""
     src = builtin_checkpoint()
@@ -46,13 +53,27 @@ def builtin_package(progress=None) -> Path:
             h.update(hashlib.sha256(f.read_bytes()).digest())
     out = cache_dir() / f"tiny-moe-{h.hexdigest()[:12]}.edgemoe"
     if not (out / "manifest.yaml").exists():
-        from edgemoe.exporters.export import export
         out.parent.mkdir(parents=True, exist_ok=True)
-        export(src, out, overwrite=out.exists(), progress=progress, dense=DENSE)
+        _export_in_child(src, out, show_progress=progress is not None)
         for old in out.parent.glob("tiny-moe-*.edgemoe"):   # exports of an older built-in model
             if old != out and (old / "manifest.yaml").exists():
                 shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _export_in_child(src: Path, out: Path, show_progress: bool):
+    """Export in a child process, so that the runtime which follows measures its fixed part in a
+    process the exporter has not touched: the exporter's freed allocations (it loads the tokenizer,
+    for one) would make a first run's measurement smaller, and so its expert cache bigger and its
+    levels and text different, than every later run's."""
+    cmd = [sys.executable, "-m", "edgemoe.cli", "export", str(src), "-o", str(out), "--overwrite",
+           "--dense", DENSE.dtype, *([] if show_progress else ["--json"])]
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if show_progress else subprocess.PIPE,
+                       text=True)
+    if p.returncode:
+        detail = (p.stderr or "").strip().splitlines()[-1:] or ["see the messages above"]
+        raise PackageError(f"exporting the built-in model into {out} failed ({detail[0]}); "
+                           f"check that {out.parent} is writable, or set EDGEMOE_CACHE to a folder that is")
 
 
 def peak_rss_bytes() -> int:
@@ -60,13 +81,17 @@ def peak_rss_bytes() -> int:
 
 
 def run_demo(prompt: str, max_new_tokens: int, level, budget, sampling, echo, progress=None) -> dict:
-    """Export (cached), generate under ``budget`` with live output via ``echo``; return the report."""
+    """Export (cached), generate under ``budget`` (None: half the model's size) with live output via
+    ``echo``; return the report."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.streaming import stream_text
 
     t0 = time.perf_counter()
     pkg = builtin_package(progress)
     t_export = time.perf_counter() - t0
+    size = model_bytes()
+    if budget is None:
+        budget = size // 2
     # KV for exactly what this run can hold: a byte-level BPE gives at most one token per byte
     context = len(prompt.encode()) + 1 + max_new_tokens
     rt = Runtime(pkg, level=level, budget=budget, context=context)
@@ -80,8 +105,9 @@ def run_demo(prompt: str, max_new_tokens: int, level, budget, sampling, echo, pr
             "tokens": len(r.ids), "text": r.text,
             "time_to_first_token_s": round(r.prefill_seconds, 3),
             "decode_tokens_per_s": round(r.decode_tokens_per_s, 1),
-            "budget_bytes": plan["budget"], "expert_cache_bytes": plan["experts"],
-            "dense_bytes": plan["dense"], "package_expert_bytes": rt.pkg.level_bytes(8),
+            "budget_bytes": plan["budget"], "model_bytes": size, "expert_cache_bytes": plan["experts"],
+            "dense_bytes": plan["dense"], "fixed_bytes": plan["budget"] - plan["experts"],
+            "package_expert_bytes": rt.pkg.level_bytes(8),
             "hit_rate": st["hit_rate"], "expert_bytes_read": st["expert_bytes_read"],
             "level_mix": st["level_mix"], "prefetch_recall": st["prefetch_recall"],
             "peak_rss_bytes": peak_rss_bytes()}

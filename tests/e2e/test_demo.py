@@ -28,6 +28,7 @@ def test_demo_streams_text_and_reports(env, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("In the beginning")
     assert "tokens/s" in p.stdout and "peak RSS" in p.stdout and "hit rate" in p.stdout
+    assert "= 50% of the model's" in p.stdout          # the default budget: half the model's size
     assert len(list(tmp_path.glob("tiny-moe-*.edgemoe"))) == 1
 
 
@@ -38,4 +39,5 @@ def test_demo_json_report_and_cache_reuse(env):
     assert first["text"] == again["text"] and first["tokens"] == 8
     assert again["export_or_cache_s"] < first["export_or_cache_s"] or again["export_or_cache_s"] < 1
     assert first["expert_cache_bytes"] < first["package_expert_bytes"]      # really under a budget
+    assert first["budget_bytes"] == first["model_bytes"] // 2
     assert set(first["level_mix"]) <= {"2", "4", "8"}

@@ -88,6 +88,16 @@ def test_auto_levels_under_budget_and_errors(pkg):
         Runtime(pkg, budget="lots")
 
 
+def test_tokens_beyond_the_reserved_context_are_refused(pkg):
+    """The budget reserved KV for ``context`` tokens; a longer sequence would break it silently."""
+    rt = Runtime(pkg, level=8, budget="50%", context=30)
+    rt.forward(IDS[:24])
+    rt.forward(IDS[24:30])                                 # exactly the context: fine
+    with pytest.raises(BudgetError, match="30-token context.*--context"):
+        rt.forward([IDS[30]])
+    rt.close()
+
+
 def test_slow_disk_only_slows(pkg, resident):
     rt = Runtime(pkg, level=8, budget="25%", read_delay_s=0.002)
     assert np.array_equal(_run(rt), resident)
