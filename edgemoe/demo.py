@@ -47,6 +47,9 @@ def builtin_package(progress=None) -> Path:
     from edgemoe.package.constants import FORMAT_VERSION
 
     h = hashlib.sha256(f"{__version__}/{FORMAT_VERSION}/dense={DENSE.to_dict()}".encode())
+    code = Path(__file__).parent          # the exporter's code, so a changed exporter re-exports
+    for f in sorted([*code.glob("exporters/**/*.py"), *code.glob("package/*.py"), *code.glob("quant/*.py")]):
+        h.update(hashlib.sha256(f.read_bytes()).digest())
     for f in sorted(src.iterdir()):
         if f.suffix in (".json", ".safetensors"):   # content, so retrained weights re-export
             h.update(f.name.encode())

@@ -32,9 +32,9 @@ def check_dense_dtype(dtype: str) -> str:
 @dataclass(frozen=True)
 class DenseQuant:
     """How the dense matrices are stored. ``float32``: as in the checkpoint (exact parity).
-    ``int8``: symmetric int8 groups of ``group_size`` along the input dim (see quant/dense.py),
-    computed by onnxruntime ``MatMulNBits`` with float32 activations; the embedding is gathered as
-    codes and dequantized per row. The router (and any [1, K] gate) stays float32: it is tiny, the
+    ``int8``: symmetric int8 groups of ``group_size`` along the input dim, computed by onnxruntime
+    ``MatMulNBits`` with int8 activations (its fast 8-bit path); the embedding is gathered as codes
+    and dequantized per row. The router (and any [1, K] gate) stays float32: it is tiny, the
     prefetcher reads it, and expert choice is where an error would compound."""
 
     dtype: str = "float32"
