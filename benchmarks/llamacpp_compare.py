@@ -8,8 +8,8 @@ the size of llama.cpp's f16 GGUF of the demo model, which matches the shipped fp
   as the cgroup's peak in an unlimited run minus the GGUF's size (binary, libraries, compute and
   KV buffers), so the limit leaves it exactly the budget for the model's pages;
 - edgemoe: a worker joins the cgroup before importing anything, imports, starts its libraries,
-  and reports; the limit is then set to the cgroup's usage at that point + 1.1 x the budget (the
-  budget's RSS tolerance), and the worker runs ``Runtime(budget=...)`` and decodes.
+  and reports; the limit is then set to the cgroup's usage at that point + the budget (the same
+  allowance as llama.cpp's), and the worker runs ``Runtime(budget=...)`` and decodes.
 
 Before each run the model files are evicted from the page cache (posix_fadvise DONTNEED), so both
 start cold. Needs root (cgroup v1 memory controller at /sys/fs/cgroup/memory) and a llama.cpp
@@ -43,7 +43,6 @@ import tempfile
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
-RSS_TOLERANCE = 1.1
 ASSET = Path(__file__).resolve().parents[1] / "edgemoe" / "assets" / "tiny-moe"
 
 # Run by ``python llamacpp_compare.py --convert ...``: llama.cpp's converter with the vocabulary
@@ -171,7 +170,7 @@ def run_edgemoe(package: Path, budget: int | None, tokens: int, prompt: str, tim
                              stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "READY"
         base = cg.usage
-        limit = int(base + RSS_TOLERANCE * budget) if budget else None
+        limit = int(base + budget) if budget else None
         if limit:
             cg.set_limit(limit)
         p.stdin.write("go\n")
