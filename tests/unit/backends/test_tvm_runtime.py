@@ -3,7 +3,6 @@
 foreign kernels."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -22,24 +21,18 @@ PROMPT = "In the beginning"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The built-in package exported into a private cache, with host kernels compiled into it."""
-    pytest.importorskip("torch")            # exporting the built-in checkpoint needs the export extra
-    pytest.importorskip("transformers")
+    """The built-in checkpoint exported with float32 dense graphs, host kernels compiled into it.
+    (The demo's own package has int8 dense graphs, whose int8 activations turn the backends'
+    1e-6 differences into rounding flips downstream: a comparison of expert kernels needs the
+    dense part continuous.)"""
     from edgemoe.backends.tvm.compile import compile_package
-    from edgemoe.demo import builtin_package
+    from edgemoe.demo import builtin_checkpoint
+    from edgemoe.exporters.export import export
 
-    old = os.environ.get("EDGEMOE_CACHE")
-    os.environ["EDGEMOE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        pkg = builtin_package()
-        stages = []
-        built = compile_package(pkg, ["host"], progress=lambda s, d, t: stages.append(s))
-        yield {"pkg": pkg, "folder": built["host"], "stages": stages}
-    finally:
-        if old is None:
-            os.environ.pop("EDGEMOE_CACHE", None)
-        else:
-            os.environ["EDGEMOE_CACHE"] = old
+    pkg = export(builtin_checkpoint(), tmp_path_factory.mktemp("demo") / "tiny-moe.edgemoe")
+    stages = []
+    built = compile_package(pkg, ["host"], progress=lambda s, d, t: stages.append(s))
+    return {"pkg": pkg, "folder": built["host"], "stages": stages}
 
 
 @needs_tvm
