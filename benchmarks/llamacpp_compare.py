@@ -138,6 +138,7 @@ def _worker(package: str, budget: int | None, tokens: int, prompt: str):
 
     import numpy as np
 
+    from edgemoe.demo import run_context
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.memory import pin_malloc_mmap_threshold, start_libraries
 
@@ -146,7 +147,7 @@ def _worker(package: str, budget: int | None, tokens: int, prompt: str):
     print("READY", flush=True)
     sys.stdin.readline()                       # the parent has set the limit
     rt = Runtime(package, level="auto" if budget else 8, budget=budget,
-                 backend=None if budget else "ort", context=len(prompt.encode()) + 1 + tokens)
+                 backend=None if budget else "ort", context=run_context(prompt, tokens))
     ids = rt.encode(prompt)
     nxt = int(np.argmax(rt.forward(ids)[-1]))
     steps = []

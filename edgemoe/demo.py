@@ -79,6 +79,11 @@ def _export_in_child(src: Path, out: Path, show_progress: bool):
                            f"check that {out.parent} is writable, or set EDGEMOE_CACHE to a folder that is")
 
 
+def run_context(prompt: str, max_new_tokens: int) -> int:
+    """KV positions a run can need: a byte-level BPE gives at most one token per byte (+1 for BOS)."""
+    return len(prompt.encode()) + 1 + max_new_tokens
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -95,9 +100,7 @@ def run_demo(prompt: str, max_new_tokens: int, level, budget, sampling, echo, pr
     size = model_bytes()
     if budget is None:
         budget = size // 2
-    # KV for exactly what this run can hold: a byte-level BPE gives at most one token per byte
-    context = len(prompt.encode()) + 1 + max_new_tokens
-    rt = Runtime(pkg, level=level, budget=budget, context=context)
+    rt = Runtime(pkg, level=level, budget=budget, context=run_context(prompt, max_new_tokens))
     try:
         r = stream_text(rt, prompt, max_new_tokens, sampling, echo)
         st = rt.stats()

@@ -20,7 +20,7 @@ from edgemoe.exporters.export import export  # noqa: E402
 from edgemoe.package import constants as C  # noqa: E402
 from edgemoe.package.graph_io import ROUTER_WEIGHT  # noqa: E402
 from edgemoe.package.reader import Package  # noqa: E402
-from edgemoe.quant.dense import DenseQuant, dequantize_int8_groups  # noqa: E402
+from edgemoe.quant.dense import DenseQuant, dequantize_int8_groups, quantize_int8_groups  # noqa: E402
 from edgemoe.runtime.engine import Runtime  # noqa: E402
 
 INT8 = DenseQuant("int8", 64)
@@ -70,7 +70,6 @@ def test_embedding_is_the_reference_dequantization(pair):
     sess = ort.InferenceSession(str(pkg.path(pkg.embed_graph)), providers=["CPUExecutionProvider"])
     ids = np.array([0, 5, 17, pkg.arch.vocab_size - 1], dtype=np.int64)
     got = sess.run(None, {"ids": ids})[0]
-    from edgemoe.quant.dense import quantize_int8_groups
     w = model.get_input_embeddings().weight.detach().float().numpy()
     codes, scales = quantize_int8_groups(w, INT8.group_size)
     ref = dequantize_int8_groups(codes, scales, w.shape[1])[ids] * pkg.arch.embedding_multiplier
