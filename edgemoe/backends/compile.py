@@ -35,8 +35,10 @@ def profile_target(text: str | None):
                       f"-mtriple/-mcpu), cuda -arch=sm_87|sm_72, opencl -device=mali")
 
 
-def compile_for_device(pkg_path, device: str, out=None, progress=None, devices_dir=None) -> Path:
-    """Build the kernels of ``device`` for the package at ``pkg_path``; returns their folder."""
+def compile_for_device(pkg_path, device: str, out=None, progress=None, devices_dir=None,
+                       activations: str = "auto") -> Path:
+    """Build the kernels of ``device`` for the package at ``pkg_path``; returns their folder.
+    ``activations``: the TVM CPU kernels' decode precision (``compile_package``); HLS ignores it."""
     from edgemoe.backends.hls.project import PARTS
     from edgemoe.devices import load_devices
     from edgemoe.package.reader import Package
@@ -63,4 +65,5 @@ def compile_for_device(pkg_path, device: str, out=None, progress=None, devices_d
         from edgemoe.backends.tvm.compile import compile_package
     except ImportError as e:
         raise ConfigError(f"TVM kernels need apache-tvm: pip install 'edgemoe[tvm]' ({e})") from e
-    return compile_package(pkg_path, {device: target}, out=out, progress=progress)[device]
+    return compile_package(pkg_path, {device: target}, out=out, progress=progress,
+                           activations=activations)[device]

@@ -132,3 +132,54 @@ def matmul_from_planes(
         y += np.einsum("gtn,ng->tn", part, plane_scales[p])
     y += xg.sum(axis=2).T @ bias.T  # [T, G] @ [G, N]
     return y.astype(np.float32)
+
+
+def quantize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-group int8 activations, as the int8 kernels compute them.
+
+    ``xq = rint(x * (127 / max|x|))`` (round half to even, float32 arithmetic), ``sx = max|x| / 127``;
+    a group of zeros gets ``sx = 0`` and ``xq = 0``. ``x`` [T, K] with K a multiple of the group.
+
+    Returns
+    -------
+    xq : ndarray of int8, shape [T, G, group_size]
+    sx : ndarray of float32, shape [T, G]
+    """
+    x = np.asarray(x, dtype=np.float32)
+    t, k = x.shape
+    if k % group_size:
+        raise ConfigError(f"int8 activations need whole groups: K={k} is not a multiple of {group_size}")
+    xg = x.reshape(t, k // group_size, group_size)
+    amax = np.abs(xg).max(axis=2)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    xq = np.rint(xg * inv[..., None]).astype(np.int8)
+    return xq, (amax / np.float32(127)).astype(np.float32)
+
+
+def matmul_from_planes_int8(
+    x: np.ndarray,
+    planes: Sequence[np.ndarray],
+    scales,
+    offsets,
+    bits: int,
+    spec: QuantSpec,
+    K: int,
+) -> np.ndarray:
+    """The int8-activation product that the int8 kernels compute (onnxruntime's ``accuracy_level 4``
+    math): ``x`` quantized per group by ``quantize_activations``, exact integer dot products with
+    each plane's codes, then ``y = sum_g a_k * sx * sum_p 2**(k - level_p) (q_p . xq) +
+    (b_k - a_k z_k) * sum(x_g)`` (the group sums of the float ``x``). Same arguments as
+    ``matmul_from_planes``; K must be a multiple of the group size. Returns float32 [T, N]."""
+    idx = spec.level_index(bits)
+    gs = spec.group_size
+    xq, sx = quantize_activations(x, gs)                    # [T, G, gs], [T, G]
+    xg = np.asarray(x, dtype=np.float64).reshape(xq.shape)
+    n, g = np.shape(planes[0])[:2]
+    plane_scales, bias = level_affine(_level(scales, bits), _level(offsets, bits), bits, spec)
+    y = xg.sum(axis=2) @ bias.T                             # [T, N]
+    for p in range(idx + 1):
+        q = unpack_plane(planes[p], spec.plane_widths[p], gs).reshape(n, g, gs).astype(np.int64)
+        dots = np.einsum("ngj,tgj->tng", q, xq.astype(np.int64))   # exact integers
+        y += np.einsum("tng,ng->tn", dots * sx[:, None, :].astype(np.float64), plane_scales[p])
+    return y.astype(np.float32)

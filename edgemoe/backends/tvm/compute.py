@@ -11,6 +11,13 @@ from the planes (see ``edgemoe.quant``). Two formulations of ``y [T, N] = x [T, 
   ``inner[l] = sum_{h,s} xu[g,t,h,s,l] * code(h*L + l, s)``; then
   ``part[l] += a * sum_runs 2**(bits-last) * inner[l] + (b - a*z) * xsl[g, t, l]`` with ``xsl`` the
   lane-wise group sums of x, and ``y = sum_l part[l]``. No float weight exists, not even a tile.
+* :func:`matmul_int8` (x86 with AVX-512 VNNI, one token). ``x`` is quantized per group to int8
+  in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's ``accuracy_level 4`` does), and
+  each plane run's codes meet ``xq`` in ``vpdpbusd``: 64 bytes of a plane (16 int32 lanes of 4
+  bytes, every lane inside one group) per instruction and sub-position. Per lane,
+  ``acc[l] += float(dot[l]) * a * sx * 2**(bits-last) + (b - a*z) * xs / lanes_per_group`` (the
+  offset term spread over the group's lanes), and ``y = sum_l acc[l]``.
+  Reference: ``edgemoe.quant.matmul.matmul_from_planes_int8``.
 * :func:`matmul_natural` (GPU). ``w[n, k]`` as an inlined expression of the planes, consumed by
   a reduction over k; dlight's GEMV / matmul rules schedule it (the decode is inlined into the
   reduction, so again no weight buffer).
@@ -123,6 +130,109 @@ def matmul_lanes(ks: KernelSpec, quant) -> list:
     rl = te.reduce_axis((0, L), "rl")
     y = te.compute((T, N), lambda t, n: te.sum(p[t, n, rl], axis=rl), name="y")
     return [x, *planes, scale, offset, y]
+
+
+def matmul_int8(ks: KernelSpec, quant) -> list:
+    """One-token int8-activation formulation (module docstring); returns the TE tensors in call
+    order. Needs ``int8_fits(quant, K)``: whole groups, plane rows of whole 64-byte blocks."""
+    from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES, LANES
+
+    gs, bits, N, K = quant.group_size, ks.bits, ks.n, ks.k
+    G = K // gs
+    runs = plane_runs(quant, bits)
+    x, planes, scale, offset = _placeholders(ks, quant, False, False)
+    rj = te.reduce_axis((0, gs), "rj")
+    amax = te.compute((G,), lambda g: te.max(te.abs(x[0, g * gs + rj]), axis=rj), name="amax")
+    rj2 = te.reduce_axis((0, gs), "rj2")
+    xs = te.compute((G,), lambda g: te.sum(x[0, g * gs + rj2], axis=rj2), name="xs")
+    zero = tvm.tirx.const(0.0, F32)
+    inv = te.compute((G,), lambda g: te.if_then_else(amax[g] > zero, tvm.tirx.const(127.0, F32) / amax[g],
+                                                     zero), name="inv")
+    sx = te.compute((G,), lambda g: amax[g] / tvm.tirx.const(127.0, F32), name="sx")
+
+    def xq_of(w):   # xq[c, s, l, k]: the activation of sub-position s of plane byte c*64 + 4l + k
+        S = 8 // w
+
+        def f(c, s, l, k):
+            e = (c * BLOCK + l * LANE_BYTES + k) * S + s
+            return te.round(x[0, e] * inv[e // gs]).astype("int8")
+        return te.compute((K * w // 8 // BLOCK, S, LANES, LANE_BYTES), f, name=f"xq{w}")
+
+    xq = {}
+    for r in runs:
+        if r.width not in xq:
+            xq[r.width] = xq_of(r.width)
+    z = tvm.tirx.const(float(2 ** (bits - 1)), F32)
+    accs = []
+    for i, r in enumerate(runs):
+        xw = xq[r.width]
+        C, S = xw.shape[0], xw.shape[1]
+        codes = te.compute((N, C, S, LANES, LANE_BYTES), _int8_codes(planes, r, gs), name=f"code{i}")
+        rs, rk = te.reduce_axis((0, S), f"rs{i}"), te.reduce_axis((0, LANE_BYTES), f"rk{i}")
+        dot = te.compute((N, C, LANES), _int8_dot(codes, xw, rs, rk), name=f"dot{i}")
+        rc = te.reduce_axis((0, C), f"rc{i}")
+        lane, _ = _int8_lane(dot, rc, scale, offset if i == 0 else None, sx, xs,
+                             gs * r.width // 8, float(2 ** (bits - r.last)), z, str(i))
+        accs.append(te.compute((N, LANES), lane, name=f"acc{i}"))
+    rl = te.reduce_axis((0, LANES), "rl")
+    y = te.compute((1, N), lambda t, n: te.sum(sum((a[n, rl] for a in accs[1:]), accs[0][n, rl]), axis=rl),
+                   name="y")
+    return [x, *planes, scale, offset, y]
+
+
+def _int8_codes(planes, run, gs: int):
+    """code[n, c, s, l, k]: the run's code (uint8) at sub-position s of plane byte c*64 + 4l + k."""
+    from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES
+
+    w, nb = run.width, gs * run.width // 8
+
+    def f(n, c, s, l, k):
+        byte = c * BLOCK + l * LANE_BYTES + k
+        v = None
+        for p, lvl in run.planes:
+            q = (planes[p][n, byte // nb, byte % nb] >> (s * w).astype("uint8")) & \
+                tvm.tirx.const((1 << w) - 1, "uint8")
+            if run.last > lvl:
+                q = q << tvm.tirx.const(run.last - lvl, "uint8")
+            v = q if v is None else (v | q)
+        return v
+    return f
+
+
+def _int8_dot(codes, xw, rs, rk):
+    return lambda n, c, l: te.sum(codes[n, c, rs, l, rk].astype("int32") * xw[c, rs, l, rk].astype("int32"),
+                                  axis=[rs, rk])
+
+
+def _int8_lane(dot, rc, scale, offset, sx, xs, nb: int, coef: float, z, name: str):
+    """acc[n, l] = sum_c float(dot) * fa + fb (``fb`` only when ``offset`` is given: run 0), with
+    ``fa = a*sx*coef`` and ``fb = (b - a*z) * xs / lanes_per_group`` per (row, group) computed by a
+    small stage per block, so the lane loop reads them with constant in-register shuffles."""
+    from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES
+
+    N, C = dot.shape[0], dot.shape[1]
+    gpb, lpg = max(BLOCK // nb, 1), max(nb // LANE_BYTES, 1)     # groups per block, lanes per group
+    coef_c = tvm.tirx.const(coef, F32)
+    spread = tvm.tirx.const(LANE_BYTES / nb, F32)
+
+    def group(c, gi):
+        return (c * BLOCK) // nb + gi
+
+    fa = te.compute((N, C, gpb), lambda n, c, gi: scale[n, group(c, gi)].astype(F32) * sx[group(c, gi)] * coef_c,
+                    name=f"fa{name}")
+    stages = [fa]
+    if offset is not None:
+        fb = te.compute((N, C, gpb), lambda n, c, gi: (offset[n, group(c, gi)].astype(F32)
+                                                      - scale[n, group(c, gi)].astype(F32) * z)
+                        * (xs[group(c, gi)] * spread), name=f"fb{name}")
+        stages.append(fb)
+
+    def f(n, l):
+        v = dot[n, rc, l].astype(F32) * fa[n, rc, l // lpg]
+        if offset is not None:
+            v = v + fb[n, rc, l // lpg]
+        return te.sum(v, axis=rc)
+    return f, stages
 
 
 def matmul_natural(ks: KernelSpec, quant, half_bits: bool = False) -> list:

@@ -11,7 +11,7 @@ a token count up to the next bucket and cuts longer runs into chunks of the larg
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgemoe.errors import ConfigError
 
@@ -56,6 +56,7 @@ class KernelSpec:
     k: int               # input features (matmul) / 2I (swiglu)
     matrix: str = ""     # "gate_up" | "down" (matmul only)
     bits: int = 0        # level (matmul only)
+    activations: str = "float32"   # "int8": x quantized per group in the kernel (see int8_gemv)
 
     def args(self, quant, words: bool = False, half_bits: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
         """(name, shape, dtype) of every argument in call order.
@@ -77,6 +78,20 @@ class KernelSpec:
         return [("x", (self.tokens, self.k), "float32"), *planes,
                 ("scale", (self.n, g), sdt), ("offset", (self.n, g), sdt),
                 ("y", (self.tokens, self.n), "float32")]
+
+
+def int8_fits(quant, k: int) -> bool:
+    """Whether a matrix with ``k`` inputs suits the int8 GEMV: whole groups, every plane row made of
+    whole 64-byte blocks, and every 4-byte lane inside one group."""
+    return k % quant.group_size == 0 and all(
+        k * w % 512 == 0 and quant.group_size * w % 32 == 0 for w in quant.plane_widths)
+
+
+def int8_gemv(specs: list[KernelSpec], quant) -> list[KernelSpec]:
+    """``specs`` with every one-token matmul that ``int8_fits`` switched to int8 activations (for
+    CPUs with a byte dot product, see ``vnni.cpu_has_vnni``); the calling convention is unchanged."""
+    return [replace(ks, activations="int8") if ks.op == "matmul" and ks.tokens == 1
+            and int8_fits(quant, ks.k) else ks for ks in specs]
 
 
 def kernel_name(matrix: str, bits: int, tokens: int) -> str:

@@ -1,5 +1,6 @@
 """TVM host kernels on the bit planes: every kernel, every level, GEMV (T=1) and GEMM (T=4, 16),
-against the numpy reference (``decode_record`` + float64 matmul), on small shapes."""
+against the numpy reference (``decode_record`` + float64 matmul; for the int8-activation GEMVs
+that VNNI CPUs get, ``matmul_from_planes_int8``), on small shapes."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,10 @@ TOL = 1e-4          # max |y - ref| / max |ref|
 # ladder with float32 scales and 4-bit planes only; the lone 8-bit plane with one padded group
 CASES = {"2-4-8/gs64": (QuantSpec(), 128, 96),
          "4-8/gs32/f32": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 64, 80),
-         "8/gs128": (QuantSpec(ladder=(8,), group_size=128), 64, 48)}
+         "8/gs128": (QuantSpec(ladder=(8,), group_size=128), 64, 48),
+         # shapes whose one-token kernels take int8 activations on VNNI CPUs (plane rows of whole
+         # 64-byte blocks): gate_up K = 256, down K = 512
+         "2-4-8/gs64/int8": (QuantSpec(), 256, 512)}
 BUCKETS = (1, 4, 16)
 
 
@@ -34,15 +38,41 @@ def case(request):
     from edgemoe.backends.tvm.backend import TvmBackend, jit_kernels
 
     spec, hidden, inter = CASES[request.param]
+    from edgemoe.backends.tvm.targets import host_target
+    from edgemoe.backends.tvm.vnni import cpu_has_vnni
+
     chunks, layout = _record(spec, hidden, inter)
     buf = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
     ks = jit_kernels(hidden, inter, spec, BUCKETS)
-    return {"name": request.param, "spec": spec, "hidden": hidden, "inter": inter, "chunks": chunks,
+    return {"int8": cpu_has_vnni(host_target()), "name": request.param, "spec": spec, "hidden": hidden, "inter": inter, "chunks": chunks,
             "layout": layout, "buf": buf, "kernels": ks, "backend": TvmBackend()}
 
 
 def _rel(y, ref):
     return float(np.abs(np.asarray(y, np.float64) - ref).max() / np.abs(ref).max())
+
+
+def _int8(case, k: int, tokens: int) -> bool:
+    """Whether the kernel for a matrix with ``k`` inputs at ``tokens`` rows has int8 activations."""
+    from edgemoe.backends.tvm.specs import int8_fits
+
+    return case["int8"] and tokens == 1 and int8_fits(case["spec"], k)
+
+
+def _product(case, x, m, bits, tokens):
+    """The reference of one matrix's kernel: float64 product, or the int8-activation reference."""
+    from edgemoe.quant.matmul import matmul_from_planes_int8
+    from edgemoe.quant.record import slot_array
+
+    spec, layout, buf = case["spec"], case["layout"], case["buf"]
+    (n, k), = [(n, k) for name, n, k in layout.matrices if name == m]
+    if _int8(case, k, tokens):
+        planes = [slot_array(buf, layout, layout.slot(m, "plane", spec.ladder[p]))
+                  for p in range(spec.level_index(bits) + 1)]
+        return matmul_from_planes_int8(x, planes, slot_array(buf, layout, layout.slot(m, "scale", bits)),
+                                       slot_array(buf, layout, layout.slot(m, "offset", bits)),
+                                       bits, spec, k).astype(np.float64)
+    return x.astype(np.float64) @ decode_record(buf, layout, bits)[m].astype(np.float64).T
 
 
 def _swiglu64(x, gate_up, down):
@@ -70,9 +100,26 @@ def test_every_matmul_kernel_matches_reference(case, tokens):
             x = rng.standard_normal((tokens, k)).astype(np.float32)
             y = np.full((tokens, n), np.nan, dtype=np.float32)
             ks.funcs[kernel_name(m, bits, tokens)](x, *planes, a, b, y)
-            worst[(m, bits)] = _rel(y, x.astype(np.float64) @ ref_w[m].astype(np.float64).T)
+            worst[(m, bits)] = _rel(y, _product(case, x, m, bits, tokens))
     print(f"{case['name']} T={tokens}: max rel err {max(worst.values()):.2e}")
     assert max(worst.values()) < TOL, worst
+
+
+def test_int8_gemv_is_used_where_it_fits(case):
+    """On a VNNI CPU the int8 case's one-token kernels are int8 (so the tests above check them
+    against the int8 reference); the int8 reference itself stays within 2% of the float product."""
+    from edgemoe.quant.record import decode_record as dec
+
+    spec, layout = case["spec"], case["layout"]
+    if case["name"] != "2-4-8/gs64/int8":
+        assert not any(_int8(case, k, 1) for _, _, k in layout.matrices)
+        return
+    if not case["int8"]:
+        pytest.skip("this CPU has no AVX-512 VNNI: the one-token kernels are float32 here")
+    x = np.random.default_rng(9).standard_normal((1, case["hidden"])).astype(np.float32)
+    for bits in spec.ladder:
+        exact = x.astype(np.float64) @ dec(case["buf"], layout, bits)["gate_up"].astype(np.float64).T
+        assert 1e-4 < _rel(_product(case, x, "gate_up", bits, 1), exact) < 2e-2
 
 
 @pytest.mark.parametrize("tokens", BUCKETS)
@@ -92,8 +139,10 @@ def test_expert_matches_reference_at_every_level(case, tokens):
     spec, layout, buf, be = case["spec"], case["layout"], case["buf"], case["backend"]
     x = np.random.default_rng(tokens).standard_normal((tokens, case["hidden"])).astype(np.float32)
     for bits in spec.ladder:
-        w = decode_record(buf, layout, bits)
-        ref = _swiglu64(x.astype(np.float64), w["gate_up"].astype(np.float64), w["down"].astype(np.float64))
+        gu = _product(case, x, "gate_up", bits, tokens)
+        i = gu.shape[1] // 2
+        h = (gu[:, :i] / (1 + np.exp(-gu[:, :i]))) * gu[:, i:]
+        ref = _product(case, h.astype(np.float32), "down", bits, tokens)
         y = be.run(be.bind(case["kernels"], layout, bits, buf), x)
         assert y.shape == (tokens, case["hidden"]) and y.dtype == np.float32
         assert _rel(y, ref) < TOL, (bits, _rel(y, ref))

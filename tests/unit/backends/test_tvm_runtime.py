@@ -17,6 +17,7 @@ from edgemoe.errors import ConfigError, KernelsMissingError
 needs_tvm = pytest.mark.skipif(tvm_missing_reason() is not None,
                                reason=f"apache-tvm is not installed: {tvm_missing_reason()}")
 PROMPT = "In the beginning"
+EXACT = "host-f32"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,28 @@ def demo(tmp_path_factory):
     pkg = export(builtin_checkpoint(), tmp_path_factory.mktemp("demo") / "tiny-moe.edgemoe")
     stages = []
     built = compile_package(pkg, ["host"], progress=lambda s, d, t: stages.append(s))
+    # the same host kernels with float32 activations everywhere: exact against the numpy backends
+    compile_package(pkg, {EXACT: "host"}, activations="float32")
     return {"pkg": pkg, "folder": built["host"], "stages": stages}
+
+
+def _greedy(pkg, level: int, backends) -> dict:
+    """16 greedy tokens after PROMPT per backend."""
+    from edgemoe.runtime.engine import Runtime
+
+    ids = {}
+    for backend in backends:
+        rt = Runtime(pkg, level=level, backend=backend)
+        try:
+            ids[backend] = list(rt.generate(PROMPT, max_new_tokens=16).ids)
+        finally:
+            rt.close()
+    return ids
+
+
+@pytest.fixture
+def exact_kernels(monkeypatch):
+    monkeypatch.setenv("EDGEMOE_TVM_DEVICE", EXACT)
 
 
 @needs_tvm
@@ -63,16 +85,8 @@ def test_index_lists_files_targets_and_shapes(demo):
 
 @needs_tvm
 @pytest.mark.parametrize("level", [2, 4, 8])
-def test_runtime_greedy_tokens_match_planes_and_ort(demo, level):
-    from edgemoe.runtime.engine import Runtime
-
-    ids = {}
-    for backend in ("planes", "ort", "tvm"):
-        rt = Runtime(demo["pkg"], level=level, backend=backend)
-        try:
-            ids[backend] = list(rt.generate(PROMPT, max_new_tokens=16).ids)
-        finally:
-            rt.close()
+def test_runtime_greedy_tokens_match_planes_and_ort(demo, exact_kernels, level):
+    ids = _greedy(demo["pkg"], level, ("planes", "ort", "tvm"))
     assert ids["tvm"] == ids["planes"]
     assert ids["tvm"] == ids["ort"]     # onnxruntime's MatMulNBits graphs of the package
 
@@ -180,7 +194,7 @@ def test_edgemoe_imports_and_reports_without_tvm():
 
 
 @needs_tvm
-def test_prefill_logits_match_planes(demo):
+def test_prefill_logits_match_planes(demo, exact_kernels):
     """A 40-token prefill goes through the GEMM buckets (experts see T = 1..40 rows, chunked by
     16); its logits match the numpy planes backend's."""
     from edgemoe.runtime.engine import Runtime
@@ -195,3 +209,42 @@ def test_prefill_logits_match_planes(demo):
             rt.close()
     ref = logits["planes"]
     assert np.abs(logits["tvm"] - ref).max() / np.abs(ref).max() < 1e-4
+
+
+@needs_tvm
+def test_decode_kernels_use_int8_activations_where_the_cpu_has_vnni(demo):
+    """Default kernels: one-token matmuls on int8 activations where the host has AVX-512 VNNI (the
+    demo's shapes fit), float32 elsewhere and for prefill; ``activations="float32"`` keeps all exact."""
+    from edgemoe.backends.tvm.targets import host_target
+    from edgemoe.backends.tvm.vnni import cpu_has_vnni
+
+    vnni = cpu_has_vnni(host_target())
+    for folder, int8 in ((demo["folder"], vnni), (demo["folder"].parent / EXACT, False)):
+        index = yaml.safe_load((folder / "index.yaml").read_text())
+        mats = [k for k in index["kernels"] if k["op"] == "matmul"]
+        assert mats and all(k["activations"] == ("int8" if int8 and k["tokens"] == 1 else "float32")
+                            for k in mats), folder.name
+
+
+@needs_tvm
+@pytest.mark.parametrize("level", [2, 4, 8])
+def test_runtime_default_kernels_greedy_tokens_match_ort(demo, level):
+    """The default kernels (int8 decode GEMVs on VNNI CPUs) against onnxruntime's int8-activation
+    graphs of the package: the same greedy tokens."""
+    ids = _greedy(demo["pkg"], level, ("ort", "tvm"))
+    assert ids["tvm"] == ids["ort"]
+
+
+@needs_tvm
+def test_int8_kernels_are_refused_for_cpus_without_vnni(tmp_path):
+    from edgemoe.backends.tvm.compile import build_device
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.backends.tvm.targets import resolve
+    from edgemoe.quant.spec import QuantSpec
+
+    dt = resolve(["aarch64"])["aarch64"]
+    spec = QuantSpec()
+    with pytest.raises(ConfigError, match="VNNI.*'auto' or 'float32'"):
+        build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int8")
+    with pytest.raises(ConfigError, match="activations must be one of"):
+        build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int4")
