@@ -15,8 +15,8 @@ from the planes (see ``edgemoe.quant``). Two formulations of ``y [T, N] = x [T, 
   in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's ``accuracy_level 4`` does), and
   each plane run's codes meet ``xq`` in ``vpdpbusd``: 64 bytes of a plane (16 int32 lanes of 4
   bytes, every lane inside one group) per instruction and sub-position. Per lane,
-  ``acc[l] += float(dot[l]) * a * sx * 2**(bits-last) + (b - a*z) * xs / lanes_per_group`` (the
-  offset term spread over the group's lanes), and ``y = sum_l acc[l]``.
+  ``acc[l] += float(dot[l]) * a * sx * 2**(bits-last)``; the offset term ``sum_g (b - a*z) * xs``
+  runs over 16 groups per vector; ``y = sum_l acc[l] + offset term``.
   Reference: ``edgemoe.quant.matmul.matmul_from_planes_int8``.
 * :func:`matmul_natural` (GPU). ``w[n, k]`` as an inlined expression of the planes, consumed by
   a reduction over k; dlight's GEMV / matmul rules schedule it (the decode is inlined into the
@@ -171,12 +171,21 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
         rs, rk = te.reduce_axis((0, S), f"rs{i}"), te.reduce_axis((0, LANE_BYTES), f"rk{i}")
         dot = te.compute((N, C, LANES), _int8_dot(codes, xw, rs, rk), name=f"dot{i}")
         rc = te.reduce_axis((0, C), f"rc{i}")
-        lane, _ = _int8_lane(dot, rc, scale, offset if i == 0 else None, sx, xs,
-                             gs * r.width // 8, float(2 ** (bits - r.last)), z, str(i))
+        lane, _ = _int8_lane(dot, rc, scale, sx, gs * r.width // 8, float(2 ** (bits - r.last)), str(i))
         accs.append(te.compute((N, LANES), lane, name=f"acc{i}"))
+    # the offset term sum_g (b - a z) * xs[g], V groups per vector
+    V = int8_group_lanes(quant, K)
+    rq = te.reduce_axis((0, G // V), "rq")
+    off = te.compute((N, V), lambda n, j: te.sum(
+        (offset[n, rq * V + j].astype(F32) - scale[n, rq * V + j].astype(F32) * z) * xs[rq * V + j],
+        axis=rq), name="off")
+    acc_all = te.compute((N, LANES), lambda n, l: sum((a[n, l] for a in accs[1:]), accs[0][n, l]),
+                         name="accsum")
     rl = te.reduce_axis((0, LANES), "rl")
-    y = te.compute((1, N), lambda t, n: te.sum(sum((a[n, rl] for a in accs[1:]), accs[0][n, rl]), axis=rl),
-                   name="y")
+    lanes_sum = te.compute((1, N), lambda t, n: te.sum(acc_all[n, rl], axis=rl), name="lanes")
+    rv = te.reduce_axis((0, V), "rv")
+    off_sum = te.compute((N,), lambda n: te.sum(off[n, rv], axis=rv), name="offsum")
+    y = te.compute((1, N), lambda t, n: lanes_sum[t, n] + off_sum[n], name="y")
     return [x, *planes, scale, offset, y]
 
 
@@ -204,35 +213,29 @@ def _int8_dot(codes, xw, rs, rk):
                                   axis=[rs, rk])
 
 
-def _int8_lane(dot, rc, scale, offset, sx, xs, nb: int, coef: float, z, name: str):
-    """acc[n, l] = sum_c float(dot) * fa + fb (``fb`` only when ``offset`` is given: run 0), with
-    ``fa = a*sx*coef`` and ``fb = (b - a*z) * xs / lanes_per_group`` per (row, group) computed by a
-    small stage per block, so the lane loop reads them with constant in-register shuffles."""
+def _int8_lane(dot, rc, scale, sx, nb: int, coef: float, name: str):
+    """acc[n, l] = sum_c float(dot) * fa, with ``fa = a*sx*coef`` per (row, group) computed by a
+    small stage per block, so the lane loop reads it with constant in-register shuffles."""
     from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES
 
     N, C = dot.shape[0], dot.shape[1]
-    gpb, lpg = max(BLOCK // nb, 1), max(nb // LANE_BYTES, 1)     # groups per block, lanes per group
+    gpb, lpg = BLOCK // nb, nb // LANE_BYTES     # groups per block, lanes per group
     coef_c = tvm.tirx.const(coef, F32)
-    spread = tvm.tirx.const(LANE_BYTES / nb, F32)
 
     def group(c, gi):
-        return (c * BLOCK) // nb + gi
+        return c * gpb + gi
 
-    fa = te.compute((N, C, gpb), lambda n, c, gi: scale[n, group(c, gi)].astype(F32) * sx[group(c, gi)] * coef_c,
+    fa = te.compute((N, C, gpb), lambda n, c, gi: scale[n, group(c, gi)].astype(F32) * (sx[group(c, gi)] * coef_c),
                     name=f"fa{name}")
-    stages = [fa]
-    if offset is not None:
-        fb = te.compute((N, C, gpb), lambda n, c, gi: (offset[n, group(c, gi)].astype(F32)
-                                                      - scale[n, group(c, gi)].astype(F32) * z)
-                        * (xs[group(c, gi)] * spread), name=f"fb{name}")
-        stages.append(fb)
 
     def f(n, l):
-        v = dot[n, rc, l].astype(F32) * fa[n, rc, l // lpg]
-        if offset is not None:
-            v = v + fb[n, rc, l // lpg]
-        return te.sum(v, axis=rc)
-    return f, stages
+        return te.sum(dot[n, rc, l].astype(F32) * fa[n, rc, l // lpg], axis=rc)
+    return f, [fa]
+
+
+def int8_group_lanes(quant, k: int) -> int:
+    """V: groups per vector of the offset term (16, or all the groups of a short row)."""
+    return min(16, k // quant.group_size)
 
 
 def matmul_natural(ks: KernelSpec, quant, half_bits: bool = False) -> list:

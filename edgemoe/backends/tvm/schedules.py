@@ -89,17 +89,12 @@ def _cpu_matmul(ks: KernelSpec, quant, rows: int | None = None):
     return sch.mod["main"]
 
 
-def _has_block(sch, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # noqa: BLE001  (tvm raises a bare ScheduleError/ValueError by version)
-        return False
-    return True
+TASKS = 4    # parallel tasks of the int8 GEMV (the boards have 4-8 cores; the runtime uses 1 thread)
 
 
-def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 8):
-    """The one-token int8 GEMV (``compute.matmul_int8``), per parallel task of ``rows`` rows (8:
-    measured best of 2/4/8/16 on a [2048, 2048] matrix, AVX-512 Zen)::
+def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 16):
+    """The one-token int8 GEMV (``compute.matmul_int8``), per parallel task of ``rows`` rows (16:
+    measured against 4, 8 and 32 on a [2048, 2048] matrix, AVX-512 Zen 5; 4 was 1.3-1.7x slower)::
 
         xq, sx, xs = quantize(x)                       once per call, at the root
         for each plane run r:
@@ -110,16 +105,34 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 8):
               for s in sub-positions (unrolled):
                 code[16, 4] = (plane bytes >> s*w) & mask      vector shift / and, in registers
                 dot += vpdpbusd(code, xq[c, s])                  the tensor intrinsic
-              acc_r[n, :] += float(dot) * a*sx*coef (+ offset term on run 0)   16-lane FMA
-        y[n] = sum_lanes sum_r acc_r[n, :]
+              acc_r[n, :] += float(dot) * a*sx*coef             16-lane FMA, scales shuffled
+        off[rows, V] local: sum over groups of (b - a z) * xs, V groups per vector
+        y[n] = sum_lanes sum_r acc_r[n, :] + sum_j off[n, j]
     """
     from edgemoe.backends.tvm import vnni
 
     intrin = vnni.register()
     sch = s_tir.Schedule(_prim_func(compute.matmul_int8(ks, quant), ks.name))
     runs = plane_runs(quant, ks.bits)
-    t, n, _ = sch.get_loops(sch.get_sblock("y"))
-    no, _ = sch.split(n, [None, min(rows, ks.n)])
+    _, n = sch.get_loops(sch.get_sblock("y"))
+    no, ni = sch.split(n, [None, min(rows, ks.n)])
+    lb, sb, ob = sch.get_sblock("lanes"), sch.get_sblock("offsum"), sch.get_sblock("off")
+    for b in (lb, sb):
+        sch.compute_at(b, no, preserve_unit_loops=True)
+        sch.set_scope(b, 0, "local")
+    sch.unroll(sch.get_loops(lb)[-2])
+    sch.unroll(sch.get_loops(sb)[-2])
+    sch.unroll(sch.get_loops(sch.get_sblock("y"))[-1])
+    xb = sch.get_sblock("accsum")
+    sch.compute_at(xb, sch.get_loops(lb)[-2], preserve_unit_loops=True)
+    sch.set_scope(xb, 0, "local")
+    sch.vectorize(sch.get_loops(xb)[-1])
+    sch.compute_at(ob, no, preserve_unit_loops=True)
+    sch.set_scope(ob, 0, "local")
+    *_, on, oj, oq = sch.get_loops(ob)
+    sch.reorder(oq, on, oj)
+    sch.unroll(on)
+    sch.vectorize(oj)
     for i in range(len(runs)):
         ab, db = sch.get_sblock(f"acc{i}"), sch.get_sblock(f"dot{i}")
         sch.compute_at(ab, no, preserve_unit_loops=True)
@@ -130,15 +143,17 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 8):
         sch.vectorize(al)
         sch.compute_at(db, an, preserve_unit_loops=True)
         sch.set_scope(db, 0, "local")
-        for stage in ("fa", "fb"):
-            if _has_block(sch, f"{stage}{i}"):
-                fb_ = sch.get_sblock(f"{stage}{i}")
-                sch.compute_at(fb_, an, preserve_unit_loops=True)
-                sch.set_scope(fb_, 0, "local")
+        fb = sch.get_sblock(f"fa{i}")
+        sch.compute_at(fb, an, preserve_unit_loops=True)
+        sch.set_scope(fb, 0, "local")
         *_, dl, drs, drk = sch.get_loops(db)
         sch.reorder(drs, dl, drk)
         sch.unroll(drs)
-    sch.parallel(no)
+    # a few large parallel tasks: each task pays for its local buffers (workspace calls), and
+    # one task per row block made a one-thread call 2-7x slower than serial loops (measured)
+    tasks = min(TASKS, -(-ks.n // rows))
+    if tasks > 1:
+        sch.parallel(sch.split(no, [tasks, None])[0])
     # parallel / vectorize need complete or reduction blocks: decompose and tensorize only now
     for i in range(len(runs)):
         db, cb = sch.get_sblock(f"dot{i}"), sch.get_sblock(f"code{i}")
@@ -151,6 +166,9 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 8):
         sch.tensorize(sch.get_loops(sch.get_sblock(f"dot{i}_update"))[-2], intrin)
         ab = sch.get_sblock(f"acc{i}")
         sch.decompose_reduction(ab, sch.get_loops(ab)[-3])
+    sch.decompose_reduction(ob, sch.get_loops(ob)[-3])
+    sch.decompose_reduction(lb, sch.get_loops(lb)[-1])
+    sch.tensorize(sch.get_loops(sch.get_sblock("lanes_update"))[-1], vnni.register_hsum())
     return sch.mod["main"]
 
 

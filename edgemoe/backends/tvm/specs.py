@@ -81,10 +81,15 @@ class KernelSpec:
 
 
 def int8_fits(quant, k: int) -> bool:
-    """Whether a matrix with ``k`` inputs suits the int8 GEMV: whole groups, every plane row made of
-    whole 64-byte blocks, and every 4-byte lane inside one group."""
-    return k % quant.group_size == 0 and all(
-        k * w % 512 == 0 and quant.group_size * w % 32 == 0 for w in quant.plane_widths)
+    """Whether a matrix with ``k`` inputs suits the int8 GEMV: whole groups; every plane row made of
+    whole 64-byte blocks, each holding whole groups of whole 4-byte lanes; and a whole number of
+    16-group vectors (or fewer than 16 groups) for the offset term."""
+    if k % quant.group_size:
+        return False
+    g = k // quant.group_size
+    return g % min(16, g) == 0 and all(
+        k * w % 512 == 0 and (quant.group_size * w // 8) in (4, 8, 16, 32, 64)
+        for w in quant.plane_widths)
 
 
 def int8_gemv(specs: list[KernelSpec], quant) -> list[KernelSpec]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 INTRIN = "edgemoe_vpdpbusd_16x4"
+HSUM = "edgemoe_hsum_f32x16"
 LANES, LANE_BYTES = 16, 4
 BLOCK = LANES * LANE_BYTES          # bytes of weight codes per instruction
 
@@ -59,3 +60,37 @@ def register() -> str:
 
     TensorIntrin.register(INTRIN, desc, impl)
     return INTRIN
+
+
+@lru_cache(maxsize=None)
+def register_hsum() -> str:
+    """``out[0] += sum_l a[l]`` over 16 float lanes as a halving tree of in-register shuffles (TVM
+    would otherwise read the lanes back one by one)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((16,), "float32", offset_factor=1, scope="local"),
+             out: T.Buffer((1,), "float32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(out[0:1], a[0:16])
+            T.writes(out[0:1])
+            for i in T.serial(0, 16):
+                with T.sblock("update"):
+                    vi = T.axis.remap("R", [i])
+                    out[0] = out[0] + a[vi]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((16,), "float32", offset_factor=1, scope="local"),
+             out: T.Buffer((1,), "float32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(out[0:1], a[0:16])
+            T.writes(out[0:1])
+            v16 = a.vload([0], "float32x16")
+            v8 = T.Shuffle([v16], [0, 1, 2, 3, 4, 5, 6, 7]) + T.Shuffle([v16], [8, 9, 10, 11, 12, 13, 14, 15])
+            v4 = T.Shuffle([v8], [0, 1, 2, 3]) + T.Shuffle([v8], [4, 5, 6, 7])
+            v2 = T.Shuffle([v4], [0, 1]) + T.Shuffle([v4], [2, 3])
+            out[0] = out[0] + (T.Shuffle([v2], [0]) + T.Shuffle([v2], [1]))
+
+    TensorIntrin.register(HSUM, desc, impl)
+    return HSUM
