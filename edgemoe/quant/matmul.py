@@ -168,18 +168,23 @@ def matmul_from_planes_int8(
 ) -> np.ndarray:
     """The int8-activation product that the int8 kernels compute (onnxruntime's ``accuracy_level 4``
     math): ``x`` quantized per group by ``quantize_activations``, exact integer dot products with
-    each plane's codes, then ``y = sum_g a_k * sx * sum_p 2**(k - level_p) (q_p . xq) +
-    (b_k - a_k z_k) * sum(x_g)`` (the group sums of the float ``x``). Same arguments as
-    ``matmul_from_planes``; K must be a multiple of the group size. Returns float32 [T, N]."""
+    each plane's codes, then ``y = sum_g a_k * sx * (sum_p 2**(k - level_p) (q_p . xq) - z_k sum(xq))
+    + b_k * sum(x_g)``: the codes centred on the quantized side (so the activation error is not
+    multiplied by the zero point ``z_k = 2**(k-1)``), the offset on the float group sums. Same
+    arguments as ``matmul_from_planes``; K must be a multiple of the group size. Returns float32
+    [T, N]."""
     idx = spec.level_index(bits)
     gs = spec.group_size
     xq, sx = quantize_activations(x, gs)                    # [T, G, gs], [T, G]
     xg = np.asarray(x, dtype=np.float64).reshape(xq.shape)
     n, g = np.shape(planes[0])[:2]
-    plane_scales, bias = level_affine(_level(scales, bits), _level(offsets, bits), bits, spec)
-    y = xg.sum(axis=2) @ bias.T                             # [T, N]
+    a = np.asarray(_level(scales, bits), dtype=np.float64)  # [N, G]
+    b = np.asarray(_level(offsets, bits), dtype=np.float64)
+    xq64 = xq.astype(np.int64)
+    dots = -(2 ** (bits - 1)) * xq64.sum(axis=2)[:, None, :]   # [T, 1, G] -> broadcast [T, N, G]
     for p in range(idx + 1):
         q = unpack_plane(planes[p], spec.plane_widths[p], gs).reshape(n, g, gs).astype(np.int64)
-        dots = np.einsum("ngj,tgj->tng", q, xq.astype(np.int64))   # exact integers
-        y += np.einsum("tng,ng->tn", dots * sx[:, None, :].astype(np.float64), plane_scales[p])
+        dots = dots + (np.einsum("ngj,tgj->tng", q, xq64) << (bits - spec.ladder[p]))   # exact
+    y = np.einsum("tng,ng->tn", dots * sx[:, None, :].astype(np.float64), a)
+    y += xg.sum(axis=2) @ b.T
     return y.astype(np.float32)

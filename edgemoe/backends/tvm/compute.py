@@ -15,8 +15,10 @@ from the planes (see ``edgemoe.quant``). Two formulations of ``y [T, N] = x [T, 
   in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's ``accuracy_level 4`` does), and
   each plane run's codes meet ``xq`` in ``vpdpbusd``: 64 bytes of a plane (16 int32 lanes of 4
   bytes, every lane inside one group) per instruction and sub-position. Per lane,
-  ``acc[l] += float(dot[l]) * a * sx * 2**(bits-last)``; the offset term ``sum_g (b - a*z) * xs``
-  runs over 16 groups per vector; ``y = sum_l acc[l] + offset term``.
+  ``acc[l] += float(dot[l]) * a * sx * 2**(bits-last)``; the offset term
+  ``sum_g b * xs - a * z * sx * sum(xq)`` runs over 16 groups per vector (``xs`` the float group
+  sums; the zero point meets the *quantized* sums, so the codes are centred as in onnxruntime's
+  graphs and the activation error is not multiplied by ``z``); ``y = sum_l acc[l] + offset term``.
   Reference: ``edgemoe.quant.matmul.matmul_from_planes_int8``.
 * :func:`matmul_natural` (GPU). ``w[n, k]`` as an inlined expression of the planes, consumed by
   a reduction over k; dlight's GEMV / matmul rules schedule it (the decode is inlined into the
@@ -149,6 +151,8 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
     inv = te.compute((G,), lambda g: te.if_then_else(amax[g] > zero, tvm.tirx.const(127.0, F32) / amax[g],
                                                      zero), name="inv")
     sx = te.compute((G,), lambda g: amax[g] / tvm.tirx.const(127.0, F32), name="sx")
+    rj3 = te.reduce_axis((0, gs), "rj3")
+    xqs = te.compute((G,), lambda g: te.sum(te.round(x[0, g * gs + rj3] * inv[g]), axis=rj3), name="xqs")
 
     def xq_of(w):   # xq[c, s, l, k]: the activation of sub-position s of plane byte c*64 + 4l + k
         S = 8 // w
@@ -173,11 +177,12 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
         rc = te.reduce_axis((0, C), f"rc{i}")
         lane, _ = _int8_lane(dot, rc, scale, sx, gs * r.width // 8, float(2 ** (bits - r.last)), str(i))
         accs.append(te.compute((N, LANES), lane, name=f"acc{i}"))
-    # the offset term sum_g (b - a z) * xs[g], V groups per vector
+    # the offset term sum_g b * xs[g] - a z sx[g] sum(xq[g]), V groups per vector
     V = int8_group_lanes(quant, K)
     rq = te.reduce_axis((0, G // V), "rq")
     off = te.compute((N, V), lambda n, j: te.sum(
-        (offset[n, rq * V + j].astype(F32) - scale[n, rq * V + j].astype(F32) * z) * xs[rq * V + j],
+        offset[n, rq * V + j].astype(F32) * xs[rq * V + j]
+        - scale[n, rq * V + j].astype(F32) * (z * (sx[rq * V + j] * xqs[rq * V + j])),
         axis=rq), name="off")
     acc_all = te.compute((N, LANES), lambda n, l: sum((a[n, l] for a in accs[1:]), accs[0][n, l]),
                          name="accsum")

@@ -81,7 +81,7 @@ def _cpu_matmul(ks: KernelSpec, quant, rows: int | None = None):
             sch.unroll(dh)
             sch.unroll(ds)
     sch.vectorize(pl)
-    sch.parallel(no)
+    _parallel(sch, no, -(-ks.n // rows))
     # vectorize/parallel need complete or reduction blocks: decompose only now
     sch.decompose_reduction(pb, pg)
     for ib, r0 in reductions:
@@ -89,12 +89,22 @@ def _cpu_matmul(ks: KernelSpec, quant, rows: int | None = None):
     return sch.mod["main"]
 
 
-TASKS = 4    # parallel tasks of the int8 GEMV (the boards have 4-8 cores; the runtime uses 1 thread)
+TASKS = 4    # parallel tasks per CPU kernel call (the boards have 4-8 cores; the runtime uses 1)
 
 
-def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 16):
-    """The one-token int8 GEMV (``compute.matmul_int8``), per parallel task of ``rows`` rows (16:
-    measured against 4, 8 and 32 on a [2048, 2048] matrix, AVX-512 Zen 5; 4 was 1.3-1.7x slower)::
+def _parallel(sch, loop, extent: int) -> None:
+    """Run ``loop`` (of ``extent`` row blocks) as at most TASKS parallel tasks. Each task pays for
+    its local buffers (workspace calls): one task per row block made a one-thread call of the
+    int8 GEMV 2-7x slower than serial loops (measured)."""
+    tasks = min(TASKS, extent)
+    if tasks > 1:
+        sch.parallel(sch.split(loop, [tasks, None])[0])
+
+
+def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 4):
+    """The one-token int8 GEMV (``compute.matmul_int8``), ``rows`` rows per block (4: measured
+    against 2, 8, 16 and 32 on whole OLMoE and Mixtral experts, AVX-512 Zen 5: best or within 5%
+    where the weights stay in cache, 1.5x faster where they stream from DRAM, fewer streams)::
 
         xq, sx, xs = quantize(x)                       once per call, at the root
         for each plane run r:
@@ -149,11 +159,7 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 16):
         *_, dl, drs, drk = sch.get_loops(db)
         sch.reorder(drs, dl, drk)
         sch.unroll(drs)
-    # a few large parallel tasks: each task pays for its local buffers (workspace calls), and
-    # one task per row block made a one-thread call 2-7x slower than serial loops (measured)
-    tasks = min(TASKS, -(-ks.n // rows))
-    if tasks > 1:
-        sch.parallel(sch.split(no, [tasks, None])[0])
+    _parallel(sch, no, -(-ks.n // rows))
     # parallel / vectorize need complete or reduction blocks: decompose and tensorize only now
     for i in range(len(runs)):
         db, cb = sch.get_sblock(f"dot{i}"), sch.get_sblock(f"code{i}")
