@@ -5,9 +5,9 @@ into a matryoshka record once; then, per level of the ladder and token count T, 
 buffer runs through:
 
 * ``tvm``: the llvm kernels (``edgemoe.backends.tvm``, host CPU, one thread), on views of the record,
-  as ``edgemoe compile --device host`` builds them: at T=1 on a CPU with AVX-512 VNNI, int8
-  activations (quantized per group in the kernel, ``vpdpbusd``; the same math as onnxruntime's
-  ``accuracy_level 4``), float32 activations otherwise and for T=16;
+  as ``edgemoe compile --device host`` builds them: on a CPU with AVX-512 VNNI, int8 activations
+  (quantized per group in the kernel, ``vpdpbusd``; the same math as onnxruntime's
+  ``accuracy_level 4``), float32 activations otherwise;
 * ``ort``: the package's per-expert ONNX graph (one ``MatMulNBits`` per plane,
   ``edgemoe.package.expert_graph``, accuracy_level 4 = int8 activations, 1-2% error per expert)
   with the record bound as external initializers, one intra-op thread, as ``OrtBackend`` runs it;
@@ -141,7 +141,7 @@ def bench_shape(model: str, hidden: int, inter_full: int, inter: int, repeat: in
                          "ms_full_expert": {k: round(v * scale, 3) for k, v in ms.items()},
                          "weight_bytes_per_call": int(nbytes * scale),
                          "resident_bytes": int(layout.prefix_length(bits) * scale),
-                         "tvm_activations": "int8" if t == 1 and int8 else "float32",
+                         "tvm_activations": "int8" if int8 else "float32",
                          "err_vs_exact": {"tvm": err(tvm_be.run(h_tvm, x)), "ort": err(run_ort(x))}})
             print(f"{model} k{bits} T{t}: " + " ".join(f"{k} {v:.2f}ms" for k, v in ms.items()),
                   file=sys.stderr)

@@ -83,7 +83,7 @@ def build_device(dt: DeviceTarget, quant, specs, folder: Path, progress=None,
     tvm = require_tvm()
     from edgemoe.backends.tvm.schedules import launch_dims, schedule_cpu, schedule_gpu
 
-    from edgemoe.backends.tvm.specs import int8_gemv
+    from edgemoe.backends.tvm.specs import int8_matmuls
     from edgemoe.backends.tvm.vnni import cpu_has_vnni
 
     tick = progress or (lambda *_: None)
@@ -96,7 +96,7 @@ def build_device(dt: DeviceTarget, quant, specs, folder: Path, progress=None,
         raise ConfigError(f"device {dt.name!r} has no AVX-512 VNNI byte dot product, which the int8 "
                           f"kernels use; compile it with activations 'auto' or 'float32'")
     if vnni and activations != "float32":
-        specs = int8_gemv(specs, quant)     # one-token kernels on int8 activations (vpdpbusd)
+        specs = int8_matmuls(specs, quant)     # int8 activations (vpdpbusd)
     half_bits = dt.kind == "opencl" and quant.scale_dtype == "float16"
     funcs, entries = {}, []
     for i, ks in enumerate(specs):
@@ -151,10 +151,10 @@ def compile_package(pkg_path, device_targets, out=None, progress=None,
     progress : callable, optional
         ``(stage, done, total)`` callback, as ``export``'s.
     activations : {"auto", "int8", "float32"}
-        Precision of ``x`` in the one-token (decode) kernels on CPUs. ``auto``: int8 where the CPU
+        Precision of ``x`` in the matmul kernels on CPUs. ``auto``: int8 where the CPU
         has AVX-512 VNNI (x quantized per group in the kernel, as onnxruntime's fast path does:
         about 1% relative error per product, 1.5-2x faster), float32 elsewhere; ``float32``: the
-        reference's precision everywhere (1e-6). Prefill kernels are always float32.
+        reference's precision everywhere (1e-6).
 
     Returns
     -------

@@ -11,7 +11,7 @@ from the planes (see ``edgemoe.quant``). Two formulations of ``y [T, N] = x [T, 
   ``inner[l] = sum_{h,s} xu[g,t,h,s,l] * code(h*L + l, s)``; then
   ``part[l] += a * sum_runs 2**(bits-last) * inner[l] + (b - a*z) * xsl[g, t, l]`` with ``xsl`` the
   lane-wise group sums of x, and ``y = sum_l part[l]``. No float weight exists, not even a tile.
-* :func:`matmul_int8` (x86 with AVX-512 VNNI, one token). ``x`` is quantized per group to int8
+* :func:`matmul_int8` (x86 with AVX-512 VNNI). ``x`` is quantized per group to int8
   in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's ``accuracy_level 4`` does), and
   each plane run's codes meet ``xq`` in ``vpdpbusd``: 64 bytes of a plane (16 int32 lanes of 4
   bytes, every lane inside one group) per instruction and sub-position. Per lane,
@@ -135,32 +135,34 @@ def matmul_lanes(ks: KernelSpec, quant) -> list:
 
 
 def matmul_int8(ks: KernelSpec, quant) -> list:
-    """One-token int8-activation formulation (module docstring); returns the TE tensors in call
-    order. Needs ``int8_fits(quant, K)``: whole groups, plane rows of whole 64-byte blocks."""
+    """int8-activation formulation (module docstring) for ``T = ks.tokens`` rows of ``x``: the
+    codes of a block are decoded once and meet every token's activations. Returns the TE tensors
+    in call order. Needs ``int8_fits(quant, K)``."""
     from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES, LANES
 
-    gs, bits, N, K = quant.group_size, ks.bits, ks.n, ks.k
+    gs, bits, T, N, K = quant.group_size, ks.bits, ks.tokens, ks.n, ks.k
     G = K // gs
     runs = plane_runs(quant, bits)
     x, planes, scale, offset = _placeholders(ks, quant, False, False)
     rj = te.reduce_axis((0, gs), "rj")
-    amax = te.compute((G,), lambda g: te.max(te.abs(x[0, g * gs + rj]), axis=rj), name="amax")
+    amax = te.compute((T, G), lambda t, g: te.max(te.abs(x[t, g * gs + rj]), axis=rj), name="amax")
     rj2 = te.reduce_axis((0, gs), "rj2")
-    xs = te.compute((G,), lambda g: te.sum(x[0, g * gs + rj2], axis=rj2), name="xs")
+    xs = te.compute((T, G), lambda t, g: te.sum(x[t, g * gs + rj2], axis=rj2), name="xs")
     zero = tvm.tirx.const(0.0, F32)
-    inv = te.compute((G,), lambda g: te.if_then_else(amax[g] > zero, tvm.tirx.const(127.0, F32) / amax[g],
-                                                     zero), name="inv")
-    sx = te.compute((G,), lambda g: amax[g] / tvm.tirx.const(127.0, F32), name="sx")
+    inv = te.compute((T, G), lambda t, g: te.if_then_else(
+        amax[t, g] > zero, tvm.tirx.const(127.0, F32) / amax[t, g], zero), name="inv")
+    sx = te.compute((T, G), lambda t, g: amax[t, g] / tvm.tirx.const(127.0, F32), name="sx")
     rj3 = te.reduce_axis((0, gs), "rj3")
-    xqs = te.compute((G,), lambda g: te.sum(te.round(x[0, g * gs + rj3] * inv[g]), axis=rj3), name="xqs")
+    xqs = te.compute((T, G), lambda t, g: te.sum(te.round(x[t, g * gs + rj3] * inv[t, g]), axis=rj3),
+                     name="xqs")
 
-    def xq_of(w):   # xq[c, s, l, k]: the activation of sub-position s of plane byte c*64 + 4l + k
+    def xq_of(w):   # xq[t, c, s, l, k]: token t's activation at sub-position s of plane byte c*64+4l+k
         S = 8 // w
 
-        def f(c, s, l, k):
+        def f(t, c, s, l, k):
             e = (c * BLOCK + l * LANE_BYTES + k) * S + s
-            return te.round(x[0, e] * inv[e // gs]).astype("int8")
-        return te.compute((K * w // 8 // BLOCK, S, LANES, LANE_BYTES), f, name=f"xq{w}")
+            return te.round(x[t, e] * inv[t, e // gs]).astype("int8")
+        return te.compute((T, K * w // 8 // BLOCK, S, LANES, LANE_BYTES), f, name=f"xq{w}")
 
     xq = {}
     for r in runs:
@@ -170,27 +172,29 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
     accs = []
     for i, r in enumerate(runs):
         xw = xq[r.width]
-        C, S = xw.shape[0], xw.shape[1]
+        C, S = xw.shape[1], xw.shape[2]
         codes = te.compute((N, C, S, LANES, LANE_BYTES), _int8_codes(planes, r, gs), name=f"code{i}")
         rs, rk = te.reduce_axis((0, S), f"rs{i}"), te.reduce_axis((0, LANE_BYTES), f"rk{i}")
-        dot = te.compute((N, C, LANES), _int8_dot(codes, xw, rs, rk), name=f"dot{i}")
+        dot = te.compute((T, N, C, LANES), _int8_dot(codes, xw, rs, rk), name=f"dot{i}")
         rc = te.reduce_axis((0, C), f"rc{i}")
         lane, _ = _int8_lane(dot, rc, scale, sx, gs * r.width // 8, float(2 ** (bits - r.last)), str(i))
-        accs.append(te.compute((N, LANES), lane, name=f"acc{i}"))
+        accs.append(te.compute((T, N, LANES), lane, name=f"acc{i}"))
     # the offset term sum_g b * xs[g] - a z sx[g] sum(xq[g]), V groups per vector
     V = int8_group_lanes(quant, K)
     rq = te.reduce_axis((0, G // V), "rq")
-    off = te.compute((N, V), lambda n, j: te.sum(
-        offset[n, rq * V + j].astype(F32) * xs[rq * V + j]
-        - scale[n, rq * V + j].astype(F32) * (z * (sx[rq * V + j] * xqs[rq * V + j])),
-        axis=rq), name="off")
-    acc_all = te.compute((N, LANES), lambda n, l: sum((a[n, l] for a in accs[1:]), accs[0][n, l]),
+
+    def off_f(t, n, j):
+        g = rq * V + j
+        return te.sum(offset[n, g].astype(F32) * xs[t, g] - scale[n, g].astype(F32) * (z * (sx[t, g] * xqs[t, g])),
+                      axis=rq)
+    off = te.compute((T, N, V), off_f, name="off")
+    acc_all = te.compute((T, N, LANES), lambda t, n, l: sum((a[t, n, l] for a in accs[1:]), accs[0][t, n, l]),
                          name="accsum")
     rl = te.reduce_axis((0, LANES), "rl")
-    lanes_sum = te.compute((1, N), lambda t, n: te.sum(acc_all[n, rl], axis=rl), name="lanes")
+    lanes_sum = te.compute((T, N), lambda t, n: te.sum(acc_all[t, n, rl], axis=rl), name="lanes")
     rv = te.reduce_axis((0, V), "rv")
-    off_sum = te.compute((N,), lambda n: te.sum(off[n, rv], axis=rv), name="offsum")
-    y = te.compute((1, N), lambda t, n: lanes_sum[t, n] + off_sum[n], name="y")
+    off_sum = te.compute((T, N), lambda t, n: te.sum(off[t, n, rv], axis=rv), name="offsum")
+    y = te.compute((T, N), lambda t, n: lanes_sum[t, n] + off_sum[t, n], name="y")
     return [x, *planes, scale, offset, y]
 
 
@@ -214,8 +218,8 @@ def _int8_codes(planes, run, gs: int):
 
 
 def _int8_dot(codes, xw, rs, rk):
-    return lambda n, c, l: te.sum(codes[n, c, rs, l, rk].astype("int32") * xw[c, rs, l, rk].astype("int32"),
-                                  axis=[rs, rk])
+    return lambda t, n, c, l: te.sum(codes[n, c, rs, l, rk].astype("int32") * xw[t, c, rs, l, rk].astype("int32"),
+                                     axis=[rs, rk])
 
 
 def _int8_lane(dot, rc, scale, sx, nb: int, coef: float, name: str):
@@ -223,18 +227,18 @@ def _int8_lane(dot, rc, scale, sx, nb: int, coef: float, name: str):
     small stage per block, so the lane loop reads it with constant in-register shuffles."""
     from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES
 
-    N, C = dot.shape[0], dot.shape[1]
+    T, N, C = dot.shape[0], dot.shape[1], dot.shape[2]
     gpb, lpg = BLOCK // nb, nb // LANE_BYTES     # groups per block, lanes per group
     coef_c = tvm.tirx.const(coef, F32)
 
     def group(c, gi):
         return c * gpb + gi
 
-    fa = te.compute((N, C, gpb), lambda n, c, gi: scale[n, group(c, gi)].astype(F32) * (sx[group(c, gi)] * coef_c),
-                    name=f"fa{name}")
+    fa = te.compute((T, N, C, gpb), lambda t, n, c, gi: scale[n, group(c, gi)].astype(F32)
+                    * (sx[t, group(c, gi)] * coef_c), name=f"fa{name}")
 
-    def f(n, l):
-        return te.sum(dot[n, rc, l].astype(F32) * fa[n, rc, l // lpg], axis=rc)
+    def f(t, n, l):
+        return te.sum(dot[t, n, rc, l].astype(F32) * fa[t, n, rc, l // lpg], axis=rc)
     return f, [fa]
 
 

@@ -101,78 +101,83 @@ def _parallel(sch, loop, extent: int) -> None:
         sch.parallel(sch.split(loop, [tasks, None])[0])
 
 
-def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int = 4):
-    """The one-token int8 GEMV (``compute.matmul_int8``), ``rows`` rows per block (4: measured
-    against 2, 8, 16 and 32 on whole OLMoE and Mixtral experts, AVX-512 Zen 5: best or within 5%
-    where the weights stay in cache, 1.5x faster where they stream from DRAM, fewer streams)::
+INT8_ROWS = {1: 4, 4: 2, 16: 1}    # rows per block by token count (measured, see _cpu_matmul_int8)
+
+
+def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int | None = None):
+    """The int8-activation GEMV / GEMM (``compute.matmul_int8``), ``rows`` rows per block. At T=1,
+    4 rows: measured against 2, 8, 16 and 32 on whole OLMoE and Mixtral experts, AVX-512 Zen 5
+    (best or within 5% where the weights stay in cache, 1.5x faster where they stream from DRAM:
+    fewer streams); at T=4 and 16 fewer rows keep every token's accumulators in registers::
 
         xq, sx, xs = quantize(x)                       once per call, at the root
-        for each plane run r:
-          acc_r[rows, 16] local
-          for c in 64-byte blocks of the plane row:
+        for each row block (at most TASKS parallel tasks):
+          for each plane run r, for c in 64-byte blocks of the plane row:
             for n in rows (unrolled)
-              dot[16] = 0
-              for s in sub-positions (unrolled):
-                code[16, 4] = (plane bytes >> s*w) & mask      vector shift / and, in registers
-                dot += vpdpbusd(code, xq[c, s])                  the tensor intrinsic
-              acc_r[n, :] += float(dot) * a*sx*coef             16-lane FMA, scales shuffled
-        off[rows, V] local: sum over groups of (b - a z) * xs, V groups per vector
-        y[n] = sum_lanes sum_r acc_r[n, :] + sum_j off[n, j]
+              code[S, 16, 4] = (plane bytes >> s*w) & mask     decoded once, in registers
+              for t in tokens (unrolled)
+                dot[16] = sum_s vpdpbusd(code[s], xq[t, c, s])   the tensor intrinsic
+                acc_r[t, n, :] += float(dot) * a*sx[t]*coef      16-lane FMA, scales shuffled
+          off[t, n, :] = sum over groups of b*xs - a*z*sx*sum(xq), V groups per vector
+          y[t, n] = hsum(sum_r acc_r[t, n, :]) + sum_j off[t, n, j]
     """
     from edgemoe.backends.tvm import vnni
 
+    rows = min(rows or INT8_ROWS.get(ks.tokens, 1), ks.n)
     intrin = vnni.register()
     sch = s_tir.Schedule(_prim_func(compute.matmul_int8(ks, quant), ks.name))
     runs = plane_runs(quant, ks.bits)
-    _, n = sch.get_loops(sch.get_sblock("y"))
-    no, ni = sch.split(n, [None, min(rows, ks.n)])
+    t, n = sch.get_loops(sch.get_sblock("y"))
+    no, ni = sch.split(n, [None, rows])
+    sch.reorder(no, ni, t)
     lb, sb, ob = sch.get_sblock("lanes"), sch.get_sblock("offsum"), sch.get_sblock("off")
-    for b in (lb, sb):
+    for b in (lb, sb):              # (t, n, reduction): all unrolled, one value per (t, n)
         sch.compute_at(b, no, preserve_unit_loops=True)
         sch.set_scope(b, 0, "local")
-    sch.unroll(sch.get_loops(lb)[-2])
-    sch.unroll(sch.get_loops(sb)[-2])
-    sch.unroll(sch.get_loops(sch.get_sblock("y"))[-1])
+        sch.unroll(sch.get_loops(b)[-2])
+        sch.unroll(sch.get_loops(b)[-3])
     xb = sch.get_sblock("accsum")
     sch.compute_at(xb, sch.get_loops(lb)[-2], preserve_unit_loops=True)
     sch.set_scope(xb, 0, "local")
     sch.vectorize(sch.get_loops(xb)[-1])
     sch.compute_at(ob, no, preserve_unit_loops=True)
     sch.set_scope(ob, 0, "local")
-    *_, on, oj, oq = sch.get_loops(ob)
-    sch.reorder(oq, on, oj)
+    *_, ot, on, oj, oq = sch.get_loops(ob)
+    sch.reorder(oq, ot, on, oj)
+    sch.unroll(ot)
     sch.unroll(on)
     sch.vectorize(oj)
     for i in range(len(runs)):
-        ab, db = sch.get_sblock(f"acc{i}"), sch.get_sblock(f"dot{i}")
+        ab = sch.get_sblock(f"acc{i}")
         sch.compute_at(ab, no, preserve_unit_loops=True)
         sch.set_scope(ab, 0, "local")
-        *_, an, al, ac = sch.get_loops(ab)
-        sch.reorder(ac, an, al)
+        *_, at, an, al, ac = sch.get_loops(ab)
+        sch.reorder(ac, an, at, al)
         sch.unroll(an)
+        sch.unroll(at)
         sch.vectorize(al)
-        sch.compute_at(db, an, preserve_unit_loops=True)
-        sch.set_scope(db, 0, "local")
-        fb = sch.get_sblock(f"fa{i}")
-        sch.compute_at(fb, an, preserve_unit_loops=True)
-        sch.set_scope(fb, 0, "local")
-        *_, dl, drs, drk = sch.get_loops(db)
+        for name in (f"dot{i}", f"fa{i}"):
+            b = sch.get_sblock(name)
+            sch.compute_at(b, at, preserve_unit_loops=True)
+            sch.set_scope(b, 0, "local")
+        cb = sch.get_sblock(f"code{i}")
+        sch.compute_at(cb, an, preserve_unit_loops=True)
+        sch.set_scope(cb, 0, "local")
+        *_, cs, cl, ck = sch.get_loops(cb)
+        sch.unroll(cs)
+        sch.vectorize(sch.fuse(cl, ck))
+        *_, dl, drs, drk = sch.get_loops(sch.get_sblock(f"dot{i}"))
         sch.reorder(drs, dl, drk)
         sch.unroll(drs)
     _parallel(sch, no, -(-ks.n // rows))
     # parallel / vectorize need complete or reduction blocks: decompose and tensorize only now
     for i in range(len(runs)):
-        db, cb = sch.get_sblock(f"dot{i}"), sch.get_sblock(f"code{i}")
-        drs = sch.get_loops(db)[-3]
-        sch.decompose_reduction(db, drs)
-        sch.compute_at(cb, drs, preserve_unit_loops=True)
-        sch.set_scope(cb, 0, "local")
-        *_, cl, ck = sch.get_loops(cb)
-        sch.vectorize(sch.fuse(cl, ck))
+        db = sch.get_sblock(f"dot{i}")
+        sch.decompose_reduction(db, sch.get_loops(db)[-3])
         sch.tensorize(sch.get_loops(sch.get_sblock(f"dot{i}_update"))[-2], intrin)
         ab = sch.get_sblock(f"acc{i}")
-        sch.decompose_reduction(ab, sch.get_loops(ab)[-3])
-    sch.decompose_reduction(ob, sch.get_loops(ob)[-3])
+        sch.decompose_reduction(ab, sch.get_loops(ab)[-4])
+    sch.decompose_reduction(ob, sch.get_loops(ob)[-4])
     sch.decompose_reduction(lb, sch.get_loops(lb)[-1])
     sch.tensorize(sch.get_loops(sch.get_sblock("lanes_update"))[-1], vnni.register_hsum())
     return sch.mod["main"]

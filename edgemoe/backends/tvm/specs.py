@@ -56,7 +56,7 @@ class KernelSpec:
     k: int               # input features (matmul) / 2I (swiglu)
     matrix: str = ""     # "gate_up" | "down" (matmul only)
     bits: int = 0        # level (matmul only)
-    activations: str = "float32"   # "int8": x quantized per group in the kernel (see int8_gemv)
+    activations: str = "float32"   # "int8": x quantized per group in the kernel (see int8_matmuls)
 
     def args(self, quant, words: bool = False, half_bits: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
         """(name, shape, dtype) of every argument in call order.
@@ -92,11 +92,11 @@ def int8_fits(quant, k: int) -> bool:
         for w in quant.plane_widths)
 
 
-def int8_gemv(specs: list[KernelSpec], quant) -> list[KernelSpec]:
-    """``specs`` with every one-token matmul that ``int8_fits`` switched to int8 activations (for
+def int8_matmuls(specs: list[KernelSpec], quant) -> list[KernelSpec]:
+    """``specs`` with every matmul that ``int8_fits`` switched to int8 activations (for
     CPUs with a byte dot product, see ``vnni.cpu_has_vnni``); the calling convention is unchanged."""
-    return [replace(ks, activations="int8") if ks.op == "matmul" and ks.tokens == 1
-            and int8_fits(quant, ks.k) else ks for ks in specs]
+    return [replace(ks, activations="int8") if ks.op == "matmul" and int8_fits(quant, ks.k) else ks
+            for ks in specs]
 
 
 def kernel_name(matrix: str, bits: int, tokens: int) -> str:

@@ -19,7 +19,7 @@ TOL = 1e-4          # max |y - ref| / max |ref|
 CASES = {"2-4-8/gs64": (QuantSpec(), 128, 96),
          "4-8/gs32/f32": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 64, 80),
          "8/gs128": (QuantSpec(ladder=(8,), group_size=128), 64, 48),
-         # shapes whose one-token kernels take int8 activations on VNNI CPUs (plane rows of whole
+         # shapes whose kernels take int8 activations on VNNI CPUs (plane rows of whole
          # 64-byte blocks): gate_up K = 256, down K = 512
          "2-4-8/gs64/int8": (QuantSpec(), 256, 512)}
 BUCKETS = (1, 4, 16)
@@ -52,21 +52,21 @@ def _rel(y, ref):
     return float(np.abs(np.asarray(y, np.float64) - ref).max() / np.abs(ref).max())
 
 
-def _int8(case, k: int, tokens: int) -> bool:
-    """Whether the kernel for a matrix with ``k`` inputs at ``tokens`` rows has int8 activations."""
+def _int8(case, k: int) -> bool:
+    """Whether the kernels for a matrix with ``k`` inputs have int8 activations."""
     from edgemoe.backends.tvm.specs import int8_fits
 
-    return case["int8"] and tokens == 1 and int8_fits(case["spec"], k)
+    return case["int8"] and int8_fits(case["spec"], k)
 
 
-def _product(case, x, m, bits, tokens):
+def _product(case, x, m, bits):
     """The reference of one matrix's kernel: float64 product, or the int8-activation reference."""
     from edgemoe.quant.matmul import matmul_from_planes_int8
     from edgemoe.quant.record import slot_array
 
     spec, layout, buf = case["spec"], case["layout"], case["buf"]
     (n, k), = [(n, k) for name, n, k in layout.matrices if name == m]
-    if _int8(case, k, tokens):
+    if _int8(case, k):
         planes = [slot_array(buf, layout, layout.slot(m, "plane", spec.ladder[p]))
                   for p in range(spec.level_index(bits) + 1)]
         return matmul_from_planes_int8(x, planes, slot_array(buf, layout, layout.slot(m, "scale", bits)),
@@ -100,26 +100,26 @@ def test_every_matmul_kernel_matches_reference(case, tokens):
             x = rng.standard_normal((tokens, k)).astype(np.float32)
             y = np.full((tokens, n), np.nan, dtype=np.float32)
             ks.funcs[kernel_name(m, bits, tokens)](x, *planes, a, b, y)
-            worst[(m, bits)] = _rel(y, _product(case, x, m, bits, tokens))
+            worst[(m, bits)] = _rel(y, _product(case, x, m, bits))
     print(f"{case['name']} T={tokens}: max rel err {max(worst.values()):.2e}")
     assert max(worst.values()) < TOL, worst
 
 
-def test_int8_gemv_is_used_where_it_fits(case):
-    """On a VNNI CPU the int8 case's one-token kernels are int8 (so the tests above check them
+def test_int8_kernels_are_used_where_they_fit(case):
+    """On a VNNI CPU the int8 case's kernels are int8 (so the tests above check them
     against the int8 reference); the int8 reference itself stays within 2% of the float product."""
     from edgemoe.quant.record import decode_record as dec
 
     spec, layout = case["spec"], case["layout"]
     if case["name"] != "2-4-8/gs64/int8":
-        assert not any(_int8(case, k, 1) for _, _, k in layout.matrices)
+        assert not any(_int8(case, k) for _, _, k in layout.matrices)
         return
     if not case["int8"]:
-        pytest.skip("this CPU has no AVX-512 VNNI: the one-token kernels are float32 here")
+        pytest.skip("this CPU has no AVX-512 VNNI: the kernels are float32 here")
     x = np.random.default_rng(9).standard_normal((1, case["hidden"])).astype(np.float32)
     for bits in spec.ladder:
         exact = x.astype(np.float64) @ dec(case["buf"], layout, bits)["gate_up"].astype(np.float64).T
-        assert 1e-4 < _rel(_product(case, x, "gate_up", bits, 1), exact) < 2e-2
+        assert 1e-4 < _rel(_product(case, x, "gate_up", bits), exact) < 2e-2
 
 
 @pytest.mark.parametrize("tokens", BUCKETS)
@@ -139,10 +139,10 @@ def test_expert_matches_reference_at_every_level(case, tokens):
     spec, layout, buf, be = case["spec"], case["layout"], case["buf"], case["backend"]
     x = np.random.default_rng(tokens).standard_normal((tokens, case["hidden"])).astype(np.float32)
     for bits in spec.ladder:
-        gu = _product(case, x, "gate_up", bits, tokens)
+        gu = _product(case, x, "gate_up", bits)
         i = gu.shape[1] // 2
         h = (gu[:, :i] / (1 + np.exp(-gu[:, :i]))) * gu[:, i:]
-        ref = _product(case, h.astype(np.float32), "down", bits, tokens)
+        ref = _product(case, h.astype(np.float32), "down", bits)
         y = be.run(be.bind(case["kernels"], layout, bits, buf), x)
         assert y.shape == (tokens, case["hidden"]) and y.dtype == np.float32
         assert _rel(y, ref) < TOL, (bits, _rel(y, ref))

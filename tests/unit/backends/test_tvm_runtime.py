@@ -213,8 +213,8 @@ def test_prefill_logits_match_planes(demo, exact_kernels):
 
 @needs_tvm
 def test_decode_kernels_use_int8_activations_where_the_cpu_has_vnni(demo):
-    """Default kernels: one-token matmuls on int8 activations where the host has AVX-512 VNNI (the
-    demo's shapes fit), float32 elsewhere and for prefill; ``activations="float32"`` keeps all exact."""
+    """Default kernels: matmuls on int8 activations where the host has AVX-512 VNNI (the demo's
+    shapes fit), float32 elsewhere; ``activations="float32"`` keeps all exact."""
     from edgemoe.backends.tvm.targets import host_target
     from edgemoe.backends.tvm.vnni import cpu_has_vnni
 
@@ -222,14 +222,13 @@ def test_decode_kernels_use_int8_activations_where_the_cpu_has_vnni(demo):
     for folder, int8 in ((demo["folder"], vnni), (demo["folder"].parent / EXACT, False)):
         index = yaml.safe_load((folder / "index.yaml").read_text())
         mats = [k for k in index["kernels"] if k["op"] == "matmul"]
-        assert mats and all(k["activations"] == ("int8" if int8 and k["tokens"] == 1 else "float32")
-                            for k in mats), folder.name
+        assert mats and all(k["activations"] == ("int8" if int8 else "float32") for k in mats), folder.name
 
 
 @needs_tvm
 @pytest.mark.parametrize("level", [2, 4, 8])
 def test_runtime_default_kernels_greedy_tokens_match_ort(demo, level):
-    """The default kernels (int8 decode GEMVs on VNNI CPUs) against onnxruntime's int8-activation
+    """The default kernels (int8 activations on VNNI CPUs) against onnxruntime's int8-activation
     graphs of the package: the same greedy tokens."""
     ids = _greedy(demo["pkg"], level, ("ort", "tvm"))
     assert ids["tvm"] == ids["ort"]
