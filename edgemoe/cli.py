@@ -426,7 +426,7 @@ def profile(package, device, budgets, policies, level, prompts_file, new_tokens,
               help="write kernels/<device>/ here instead of inside the package")
 @click.option("--activations", type=click.Choice(["auto", "int8", "float32"]), default="auto",
               show_default=True,
-              help="TVM CPU kernels: int8 activations (AVX-512 VNNI; about 1%% error per "
+              help="TVM CPU kernels: int8 activations (AVX-512 VNNI; about 2% error per "
                    "expert, like onnxruntime's fast path) or float32 (exact); auto = int8 where "
                    "the CPU has VNNI")
 def compile_cmd(package, devices, out, activations):
