@@ -112,8 +112,8 @@ def bench_shape(model: str, hidden: int, inter_full: int, inter: int, repeat: in
     ks = jit_kernels(hidden, inter, spec, buckets=TOKENS)
     from edgemoe.backends.tvm.specs import int8_fits
     from edgemoe.backends.tvm.targets import host_target
-    from edgemoe.backends.tvm.vnni import cpu_has_vnni
-    int8 = cpu_has_vnni(host_target()) and int8_fits(spec, hidden) and int8_fits(spec, inter)
+    from edgemoe.backends.tvm.int8dot import int8_isa
+    int8 = int8_isa(host_target()) is not None and int8_fits(spec, hidden) and int8_fits(spec, inter)
     print(f"{model}: compiled {len(ks.funcs)} TVM kernels in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     tvm_be, np_be = TvmBackend(), PlanesBackend()
     pkg = SimpleNamespace(layout=layout, quant=spec)

@@ -277,17 +277,19 @@ class TvmBackend:
 def jit_kernels(hidden: int, intermediate: int, quant, buckets=None, int8: bool | None = None) -> KernelSet:
     """Compile the host (llvm) kernels in memory, without a package: for tests and benchmarks.
     The runtime uses the ones ``compile_package`` stores in the package. ``int8``: matmul
-    kernels with int8 activations (default: where this CPU has AVX-512 VNNI, as ``compile``)."""
+    kernels with int8 activations (default: where this CPU has a byte dot product, as ``compile``;
+    False: float32 everywhere)."""
     tvm = require_tvm()
     from edgemoe.backends.tvm.schedules import schedule_cpu
     from edgemoe.backends.tvm.specs import BUCKETS, int8_matmuls, kernel_specs
+    from edgemoe.backends.tvm.int8dot import int8_isa
     from edgemoe.backends.tvm.targets import host_target
-    from edgemoe.backends.tvm.vnni import cpu_has_vnni
 
     buckets = tuple(buckets or BUCKETS)
     specs = kernel_specs(hidden, intermediate, quant, buckets)
-    if cpu_has_vnni(host_target()) if int8 is None else int8:
-        specs = int8_matmuls(specs, quant)
+    isa = int8_isa(host_target())
+    if isa and int8 is not False:
+        specs = int8_matmuls(specs, quant, isa)
     ex = tvm.compile(tvm.IRModule({ks.name: schedule_cpu(ks, quant) for ks in specs}),
                      target=tvm.target.Target(host_target()))
     funcs = {ks.name: ex[ks.name] for ks in specs}

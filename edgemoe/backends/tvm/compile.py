@@ -83,20 +83,21 @@ def build_device(dt: DeviceTarget, quant, specs, folder: Path, progress=None,
     tvm = require_tvm()
     from edgemoe.backends.tvm.schedules import launch_dims, schedule_cpu, schedule_gpu
 
+    from edgemoe.backends.tvm.int8dot import int8_isa
     from edgemoe.backends.tvm.specs import int8_matmuls
-    from edgemoe.backends.tvm.vnni import cpu_has_vnni
 
     tick = progress or (lambda *_: None)
     target = dt.tvm_target()
     gpu = dt.kind != "llvm"
     if activations not in ACTIVATIONS:
         raise ConfigError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
-    vnni = not gpu and cpu_has_vnni(target)
-    if activations == "int8" and not vnni:
-        raise ConfigError(f"device {dt.name!r} has no AVX-512 VNNI byte dot product, which the int8 "
-                          f"kernels use; compile it with --activations auto or float32 (activations= in Python)")
-    if vnni and activations != "float32":
-        specs = int8_matmuls(specs, quant)     # int8 activations (vpdpbusd)
+    isa = None if gpu else int8_isa(dt.cpu_target)
+    if activations == "int8" and isa is None:
+        raise ConfigError(f"device {dt.name!r} has no byte dot product (x86 AVX-512 VNNI or aarch64 "
+                          f"dotprod), which the int8 kernels use; compile it with --activations auto "
+                          f"or float32 (activations= in Python)")
+    if isa and activations != "float32":
+        specs = int8_matmuls(specs, quant, isa)     # int8 activations (vpdpbusd / sdot)
     half_bits = dt.kind == "opencl" and quant.scale_dtype == "float16"
     funcs, entries = {}, []
     for i, ks in enumerate(specs):
@@ -106,6 +107,8 @@ def build_device(dt: DeviceTarget, quant, specs, folder: Path, progress=None,
                  "args": [[n, list(s), d] for n, s, d in ks.args(quant, gpu, half_bits)]}
         if ks.op == "matmul":
             entry.update({"matrix": ks.matrix, "bits": ks.bits, "activations": ks.activations})
+            if ks.isa:
+                entry["isa"] = ks.isa
         if gpu:
             entry["launches"] = launch_dims(funcs[ks.name])
         entries.append(entry)
@@ -151,10 +154,11 @@ def compile_package(pkg_path, device_targets, out=None, progress=None,
     progress : callable, optional
         ``(stage, done, total)`` callback, as ``export``'s.
     activations : {"auto", "int8", "float32"}
-        Precision of ``x`` in the matmul kernels on CPUs. ``auto``: int8 where the CPU
-        has AVX-512 VNNI (x quantized per group in the kernel, as onnxruntime's fast path does:
-        1.4-2.3% relative error per expert, 1.1-2.4x faster), float32 elsewhere; ``float32``: the
-        reference's precision everywhere (1e-6).
+        Precision of ``x`` in the matmul kernels on CPUs. ``auto``: int8 where the CPU has a
+        byte dot product, x86 AVX-512 VNNI or aarch64 dotprod (x quantized per group in the
+        kernel, as onnxruntime's fast path does: 1.4-2.3% relative error per expert; on this
+        Zen 5 1.1-2.4x faster than float32), float32 elsewhere; ``float32``: the reference's
+        precision everywhere (1e-6).
 
     Returns
     -------

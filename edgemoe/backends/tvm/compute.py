@@ -11,10 +11,11 @@ from the planes (see ``edgemoe.quant``). Two formulations of ``y [T, N] = x [T, 
   ``inner[l] = sum_{h,s} xu[g,t,h,s,l] * code(h*L + l, s)``; then
   ``part[l] += a * sum_runs 2**(bits-last) * inner[l] + (b - a*z) * xsl[g, t, l]`` with ``xsl`` the
   lane-wise group sums of x, and ``y = sum_l part[l]``. No float weight exists, not even a tile.
-* :func:`matmul_int8` (x86 with AVX-512 VNNI). ``x`` is quantized per group to int8
-  in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's ``accuracy_level 4`` does), and
-  each plane run's codes meet ``xq`` in ``vpdpbusd``: 64 bytes of a plane (16 int32 lanes of 4
-  bytes, every lane inside one group) per instruction and sub-position. Per lane,
+* :func:`matmul_int8` (CPUs with a byte dot product: x86 AVX-512 VNNI, aarch64 dotprod). ``x`` is
+  quantized per group to int8 in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's
+  ``accuracy_level 4`` does), and each plane run's codes meet ``xq`` in the dot product
+  (``int8dot``): 64 bytes of a plane (16 int32 lanes of 4 bytes, every lane inside one group) per
+  intrinsic call and sub-position. Per lane,
   ``acc[l] += float(dot[l]) * a * sx * 2**(bits-last)``; the offset term
   ``sum_g b * xs - a * z * sx * sum(xq)`` runs over 16 groups per vector (``xs`` the float group
   sums; the zero point meets the *quantized* sums, so the codes are centred as in onnxruntime's
@@ -138,7 +139,7 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
     """int8-activation formulation (module docstring) for ``T = ks.tokens`` rows of ``x``: the
     codes of a block are decoded once and meet every token's activations. Returns the TE tensors
     in call order. Needs ``int8_fits(quant, K)``."""
-    from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES, LANES
+    from edgemoe.backends.tvm.int8dot import BLOCK, LANE_BYTES, LANES
 
     gs, bits, T, N, K = quant.group_size, ks.bits, ks.tokens, ks.n, ks.k
     G = K // gs
@@ -200,7 +201,7 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
 
 def _int8_codes(planes, run, gs: int):
     """code[n, c, s, l, k]: the run's code (uint8) at sub-position s of plane byte c*64 + 4l + k."""
-    from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES
+    from edgemoe.backends.tvm.int8dot import BLOCK, LANE_BYTES
 
     w, nb = run.width, gs * run.width // 8
 
@@ -225,7 +226,7 @@ def _int8_dot(codes, xw, rs, rk):
 def _int8_lane(dot, rc, scale, sx, nb: int, coef: float, name: str):
     """acc[n, l] = sum_c float(dot) * fa, with ``fa = a*sx*coef`` per (row, group) computed by a
     small stage per block, so the lane loop reads it with constant in-register shuffles."""
-    from edgemoe.backends.tvm.vnni import BLOCK, LANE_BYTES
+    from edgemoe.backends.tvm.int8dot import BLOCK, LANE_BYTES
 
     T, N, C = dot.shape[0], dot.shape[1], dot.shape[2]
     gpb, lpg = BLOCK // nb, nb // LANE_BYTES     # groups per block, lanes per group

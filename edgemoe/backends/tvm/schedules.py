@@ -116,15 +116,15 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int | None = None):
             for n in rows (unrolled)
               code[S, 16, 4] = (plane bytes >> s*w) & mask     decoded once, in registers
               for t in tokens (unrolled)
-                dot[16] = sum_s vpdpbusd(code[s], xq[t, c, s])   the tensor intrinsic
+                dot[16] = sum_s dot4(code[s], xq[t, c, s])   vpdpbusd / 4 sdot (int8dot)
                 acc_r[t, n, :] += float(dot) * a*sx[t]*coef      16-lane FMA, scales shuffled
           off[t, n, :] = sum over groups of b*xs - a*z*sx*sum(xq), V groups per vector
           y[t, n] = hsum(sum_r acc_r[t, n, :]) + sum_j off[t, n, j]
     """
-    from edgemoe.backends.tvm import vnni
+    from edgemoe.backends.tvm import int8dot
 
     rows = min(rows or INT8_ROWS.get(ks.tokens, 1), ks.n)
-    intrin = vnni.register()
+    intrin = int8dot.register(ks.isa)
     sch = s_tir.Schedule(_prim_func(compute.matmul_int8(ks, quant), ks.name))
     runs = plane_runs(quant, ks.bits)
     t, n = sch.get_loops(sch.get_sblock("y"))
@@ -179,7 +179,7 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int | None = None):
         sch.decompose_reduction(ab, sch.get_loops(ab)[-4])
     sch.decompose_reduction(ob, sch.get_loops(ob)[-4])
     sch.decompose_reduction(lb, sch.get_loops(lb)[-1])
-    sch.tensorize(sch.get_loops(sch.get_sblock("lanes_update"))[-1], vnni.register_hsum())
+    sch.tensorize(sch.get_loops(sch.get_sblock("lanes_update"))[-1], int8dot.register_hsum())
     return sch.mod["main"]
 
 

@@ -57,6 +57,7 @@ class KernelSpec:
     matrix: str = ""     # "gate_up" | "down" (matmul only)
     bits: int = 0        # level (matmul only)
     activations: str = "float32"   # "int8": x quantized per group in the kernel (see int8_matmuls)
+    isa: str = ""                  # the byte dot product of an int8 kernel (int8dot.ISAS)
 
     def args(self, quant, words: bool = False, half_bits: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
         """(name, shape, dtype) of every argument in call order.
@@ -92,11 +93,16 @@ def int8_fits(quant, k: int) -> bool:
         for w in quant.plane_widths)
 
 
-def int8_matmuls(specs: list[KernelSpec], quant) -> list[KernelSpec]:
-    """``specs`` with every matmul that ``int8_fits`` switched to int8 activations (for
-    CPUs with a byte dot product, see ``vnni.cpu_has_vnni``); the calling convention is unchanged."""
-    return [replace(ks, activations="int8") if ks.op == "matmul" and int8_fits(quant, ks.k) else ks
-            for ks in specs]
+def int8_matmuls(specs: list[KernelSpec], quant, isa: str) -> list[KernelSpec]:
+    """``specs`` with every matmul that ``int8_fits`` and whose codes suit ``isa``'s byte dot
+    product (``int8dot.int8_isa``) switched to int8 activations; the calling convention is
+    unchanged."""
+    from edgemoe.backends.tvm.int8dot import codes_fit
+
+    def fits(ks):
+        return ks.op == "matmul" and int8_fits(quant, ks.k) and all(
+            codes_fit(isa, r.width * len(r.planes)) for r in plane_runs(quant, ks.bits))
+    return [replace(ks, activations="int8", isa=isa) if fits(ks) else ks for ks in specs]
 
 
 def kernel_name(matrix: str, bits: int, tokens: int) -> str:

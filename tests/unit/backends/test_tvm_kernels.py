@@ -1,6 +1,6 @@
 """TVM host kernels on the bit planes: every kernel, every level, GEMV (T=1) and GEMM (T=4, 16),
 against the numpy reference (``decode_record`` + float64 matmul; for the int8-activation GEMVs
-that VNNI CPUs get, ``matmul_from_planes_int8``), on small shapes."""
+that CPUs with a byte dot product get, ``matmul_from_planes_int8``), on small shapes."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +19,7 @@ TOL = 1e-4          # max |y - ref| / max |ref|
 CASES = {"2-4-8/gs64": (QuantSpec(), 128, 96),
          "4-8/gs32/f32": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 64, 80),
          "8/gs128": (QuantSpec(ladder=(8,), group_size=128), 64, 48),
-         # shapes whose kernels take int8 activations on VNNI CPUs (plane rows of whole
+         # shapes whose kernels take int8 activations on dot-product CPUs (plane rows of whole
          # 64-byte blocks): gate_up K = 256, down K = 512
          "2-4-8/gs64/int8": (QuantSpec(), 256, 512)}
 BUCKETS = (1, 4, 16)
@@ -39,12 +39,12 @@ def case(request):
 
     spec, hidden, inter = CASES[request.param]
     from edgemoe.backends.tvm.targets import host_target
-    from edgemoe.backends.tvm.vnni import cpu_has_vnni
+    from edgemoe.backends.tvm.int8dot import int8_isa
 
     chunks, layout = _record(spec, hidden, inter)
     buf = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
     ks = jit_kernels(hidden, inter, spec, BUCKETS)
-    return {"int8": cpu_has_vnni(host_target()), "name": request.param, "spec": spec, "hidden": hidden, "inter": inter, "chunks": chunks,
+    return {"int8": int8_isa(host_target()) is not None, "name": request.param, "spec": spec, "hidden": hidden, "inter": inter, "chunks": chunks,
             "layout": layout, "buf": buf, "kernels": ks, "backend": TvmBackend()}
 
 
@@ -106,7 +106,7 @@ def test_every_matmul_kernel_matches_reference(case, tokens):
 
 
 def test_int8_kernels_are_used_where_they_fit(case):
-    """On a VNNI CPU the int8 case's kernels are int8 (so the tests above check them
+    """On a CPU with a byte dot product the int8 case's kernels are int8 (so the tests above check them
     against the int8 reference); the int8 reference itself stays within 2% of the float product."""
     from edgemoe.quant.record import decode_record as dec
 
@@ -115,7 +115,7 @@ def test_int8_kernels_are_used_where_they_fit(case):
         assert not any(_int8(case, k) for _, _, k in layout.matrices)
         return
     if not case["int8"]:
-        pytest.skip("this CPU has no AVX-512 VNNI: the kernels are float32 here")
+        pytest.skip("this CPU has no byte dot product (AVX-512 VNNI, dotprod): the kernels are float32 here")
     x = np.random.default_rng(9).standard_normal((1, case["hidden"])).astype(np.float32)
     for bits in spec.ladder:
         exact = x.astype(np.float64) @ dec(case["buf"], layout, bits)["gate_up"].astype(np.float64).T
@@ -191,7 +191,7 @@ def test_int8_kernels_match_onnxruntime_int8_path(case, tokens):
     from edgemoe.package.expert_graph import expert_graph
 
     if case["name"] != "2-4-8/gs64/int8" or not case["int8"]:
-        pytest.skip("needs the int8 case's shapes on a CPU with AVX-512 VNNI")
+        pytest.skip("needs the int8 case's shapes on a CPU with a byte dot product")
     spec, layout, buf, be = case["spec"], case["layout"], case["buf"], case["backend"]
     x = np.random.default_rng(11).standard_normal((tokens, case["hidden"])).astype(np.float32)
     for bits in spec.ladder:

@@ -212,14 +212,14 @@ def test_prefill_logits_match_planes(demo, exact_kernels):
 
 
 @needs_tvm
-def test_decode_kernels_use_int8_activations_where_the_cpu_has_vnni(demo):
-    """Default kernels: matmuls on int8 activations where the host has AVX-512 VNNI (the demo's
+def test_kernels_use_int8_activations_where_the_cpu_has_a_byte_dot_product(demo):
+    """Default kernels: matmuls on int8 activations where the host has a byte dot product (the demo's
     shapes fit), float32 elsewhere; ``activations="float32"`` keeps all exact."""
     from edgemoe.backends.tvm.targets import host_target
-    from edgemoe.backends.tvm.vnni import cpu_has_vnni
+    from edgemoe.backends.tvm.int8dot import int8_isa
 
-    vnni = cpu_has_vnni(host_target())
-    for folder, int8 in ((demo["folder"], vnni), (demo["folder"].parent / EXACT, False)):
+    isa = int8_isa(host_target())
+    for folder, int8 in ((demo["folder"], isa is not None), (demo["folder"].parent / EXACT, False)):
         index = yaml.safe_load((folder / "index.yaml").read_text())
         mats = [k for k in index["kernels"] if k["op"] == "matmul"]
         assert mats and all(k["activations"] == ("int8" if int8 else "float32") for k in mats), folder.name
@@ -228,14 +228,14 @@ def test_decode_kernels_use_int8_activations_where_the_cpu_has_vnni(demo):
 @needs_tvm
 @pytest.mark.parametrize("level", [2, 4, 8])
 def test_runtime_default_kernels_greedy_tokens_match_ort(demo, level):
-    """The default kernels (int8 activations on VNNI CPUs) against onnxruntime's int8-activation
+    """The default kernels (int8 activations on dot-product CPUs) against onnxruntime's int8-activation
     graphs of the package: the same greedy tokens."""
     ids = _greedy(demo["pkg"], level, ("ort", "tvm"))
     assert ids["tvm"] == ids["ort"]
 
 
 @needs_tvm
-def test_int8_kernels_are_refused_for_cpus_without_vnni(tmp_path):
+def test_int8_kernels_are_refused_for_cpus_without_a_byte_dot_product(tmp_path):
     from edgemoe.backends.tvm.compile import build_device
     from edgemoe.backends.tvm.specs import kernel_specs
     from edgemoe.backends.tvm.targets import resolve
@@ -243,7 +243,7 @@ def test_int8_kernels_are_refused_for_cpus_without_vnni(tmp_path):
 
     dt = resolve(["aarch64"])["aarch64"]
     spec = QuantSpec()
-    with pytest.raises(ConfigError, match="VNNI.*--activations auto or float32"):
+    with pytest.raises(ConfigError, match="no byte dot product.*--activations auto or float32"):
         build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int8")
     with pytest.raises(ConfigError, match="activations must be one of"):
         build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int4")

@@ -138,20 +138,22 @@ print("ok")
 """
 
 
-@pytest.mark.hardware
-def test_aarch64_library_runs_under_qemu(tmp_path, record):
-    """Runs the cross-compiled kernels on an emulated aarch64 CPU. Needs ``$EDGEMOE_AARCH64_PYTHON``:
-    a command running an aarch64 Python with numpy and the aarch64 apache-tvm wheels, e.g.
-    ``qemu-aarch64-static -L /usr/aarch64-linux-gnu /opt/arm64/bin/python3``."""
+def _qemu_python() -> list[str]:
     cmd = os.environ.get(QEMU_ENV)
     if not cmd:
         pytest.skip(f"${QEMU_ENV} is not set (a qemu-user command running an aarch64 Python with tvm)")
     if shutil.which(AARCH64_CC) is None:
         pytest.skip(f"{AARCH64_CC} is not installed")
+    return cmd.split()
+
+
+def _run_under_qemu(cmd: list[str], index: dict, layout, buf, folder: Path) -> dict[str, float]:
+    """Run every matmul kernel of ``index`` (built into ``folder``) under qemu on random inputs;
+    max relative error of each against its reference (float64 product, or the int8-activation
+    reference for int8 kernels)."""
+    from edgemoe.quant.matmul import matmul_from_planes_int8
     from edgemoe.quant.record import slot_array
 
-    layout, buf = record
-    index = _build("aarch64", "aarch64", tmp_path, buckets=(1, 16))      # GEMV and GEMM
     calls, refs = {}, {}
     rng = np.random.default_rng(3)
     for k in index["kernels"]:
@@ -166,18 +168,80 @@ def test_aarch64_library_runs_under_qemu(tmp_path, record):
         y = np.zeros(k["args"][-1][1], dtype=np.float32)
         files = []
         for i, arr in enumerate([x, *planes, a, b, y]):
-            files.append(str(tmp_path / f"{k['name']}_{i}.npy"))
+            files.append(str(folder / f"{k['name']}_{i}.npy"))
             np.save(files[-1], arr)
         calls[k["name"]] = files
-        refs[k["name"]] = x.astype(np.float64) @ decode_record(buf, layout, bits)[m].astype(np.float64).T
-    (tmp_path / "calls.json").write_text(json.dumps(calls))
-    (tmp_path / "run.py").write_text(_QEMU_SCRIPT)
-    run = subprocess.run(cmd.split() + [str(tmp_path / "run.py"), str(tmp_path / "experts.so"),
-                                        str(tmp_path / "calls.json")], capture_output=True, text=True, timeout=900)
+        refs[k["name"]] = (matmul_from_planes_int8(x, planes, a, b, bits, SPEC, x.shape[1]).astype(np.float64)
+                           if k["activations"] == "int8" else
+                           x.astype(np.float64) @ decode_record(buf, layout, bits)[m].astype(np.float64).T)
+    (folder / "calls.json").write_text(json.dumps(calls))
+    (folder / "run.py").write_text(_QEMU_SCRIPT)
+    run = subprocess.run(cmd + [str(folder / "run.py"), str(folder / index["files"]["library"]["file"]),
+                                str(folder / "calls.json")], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
-    errs = {name: float(np.abs(np.load(files[-1]) - refs[name]).max() / np.abs(refs[name]).max())
+    return {name: float(np.abs(np.load(files[-1]) - refs[name]).max() / np.abs(refs[name]).max())
             for name, files in calls.items()}
+
+
+@pytest.mark.hardware
+def test_aarch64_library_runs_under_qemu(tmp_path, record):
+    """Runs the cross-compiled kernels on an emulated aarch64 CPU. Needs ``$EDGEMOE_AARCH64_PYTHON``:
+    a command running an aarch64 Python with numpy and the aarch64 apache-tvm wheels under
+    qemu-user; ``.ci/aarch64-python`` sets one up (Debian, root) and prints it."""
+    cmd = _qemu_python()
+    layout, buf = record
+    index = _build("aarch64", "aarch64", tmp_path, buckets=(1, 16))      # GEMV and GEMM
+    assert all(k.get("activations") != "int8" for k in index["kernels"])    # Cortex-A72: no dotprod
+    errs = _run_under_qemu(cmd, index, layout, buf, tmp_path)
     print(f"aarch64 under qemu: {len(errs)} kernels, max rel err {max(errs.values()):.2e}", file=sys.stderr)
+    assert max(errs.values()) < 1e-4, errs
+
+
+PI5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}   # dotprod
+
+
+@pytest.fixture(scope="module")
+def int8_record():
+    """A record whose shapes suit the int8 kernels (plane rows of whole 64-byte blocks)."""
+    rng = np.random.default_rng(1)
+    w = {"gate_up": (rng.standard_normal((512, 256)) * 0.05).astype(np.float32),
+         "down": (rng.standard_normal((256, 256)) * 0.05).astype(np.float32)}
+    chunks, layout = encode_record(w, SPEC)
+    return layout, np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
+
+
+@pytest.mark.skipif(shutil.which(AARCH64_CC) is None, reason=f"{AARCH64_CC} is not installed")
+def test_aarch64_dotprod_kernels_use_sdot(tmp_path):
+    """A Cortex-A76 (Raspberry Pi 5) target gets int8-activation kernels on ``sdot``."""
+    from edgemoe.backends.tvm.compile import build_device
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.backends.tvm.targets import resolve
+
+    dt = resolve({"pi5": PI5})["pi5"]
+    index = build_device(dt, SPEC, kernel_specs(256, 256, SPEC, (1,)), tmp_path)
+    mats = [k for k in index["kernels"] if k["op"] == "matmul"]
+    assert mats and all(k["activations"] == "int8" and k["isa"] == "dotprod" for k in mats)
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:
+        asm = subprocess.run([objdump, "-d", str(tmp_path / index["files"]["library"]["file"])],
+                             capture_output=True, text=True).stdout
+        assert "sdot\tv" in asm, "no sdot in the int8 kernels"
+
+
+@pytest.mark.hardware
+def test_aarch64_dotprod_kernels_run_under_qemu(tmp_path, int8_record):
+    """The Cortex-A76 int8 kernels (GEMV and GEMM) on an emulated CPU with dotprod match the int8
+    reference; needs ``$EDGEMOE_AARCH64_PYTHON`` as above (qemu's ``-cpu max`` has dotprod)."""
+    from edgemoe.backends.tvm.compile import build_device
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.backends.tvm.targets import resolve
+
+    cmd = _qemu_python()
+    layout, buf = int8_record
+    index = build_device(resolve({"pi5": PI5})["pi5"], SPEC, kernel_specs(256, 256, SPEC, (1, 16)), tmp_path)
+    errs = _run_under_qemu(cmd, index, layout, buf, tmp_path)
+    print(f"aarch64 dotprod under qemu: {len(errs)} kernels, max rel err {max(errs.values()):.2e}",
+          file=sys.stderr)
     assert max(errs.values()) < 1e-4, errs
 
 

@@ -1,36 +1,49 @@
-"""The x86 AVX-512 VNNI dot product as a TVM tensor intrinsic (for the int8-activation GEMV).
+"""CPU byte dot products as TVM tensor intrinsics (for the int8-activation matmuls).
 
-``vpdpbusd`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of four products
-into one of 16 int32 lanes: ``C[i] += sum_k A[i, k] * B[i, k]`` with ``A`` [16, 4] uint8 (weight
-codes, decoded into registers) and ``B`` [16, 4] int8 (quantized activations). TVM's own x86
-intrinsics broadcast one side (a dense GEMM's activation row); here both sides vary per lane.
+One intrinsic computes ``C[i] += sum_k A[i, k] * B[i, k]`` for 16 int32 lanes of 4 bytes: ``A``
+[16, 4] uint8 weight codes (decoded into registers), ``B`` [16, 4] int8 quantized activations.
+
+* x86 with AVX-512 VNNI: one ``vpdpbusd`` (unsigned x signed bytes).
+* aarch64 with the dot-product extension (Cortex-A55/A76/A78, Raspberry Pi 5, RK3588, Jetson Orin
+  CPUs): four ``sdot`` of 16 bytes. ``sdot`` multiplies signed bytes, so the codes must stay below
+  128: every plane run of the level at most 7 bits wide (``codes_fit``).
+
+TVM's own x86 / ARM intrinsics broadcast one side (a dense GEMM's activation row); here both sides
+vary per lane.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
-INTRIN = "edgemoe_vpdpbusd_16x4"
-HSUM = "edgemoe_hsum_f32x16"
 LANES, LANE_BYTES = 16, 4
-BLOCK = LANES * LANE_BYTES          # bytes of weight codes per instruction
+BLOCK = LANES * LANE_BYTES          # bytes of weight codes per intrinsic call
+ISAS = ("avx512vnni", "dotprod")
 
 
-def cpu_has_vnni(target) -> bool:
-    """True if the llvm ``target`` (a tvm Target or dict) has AVX-512 VNNI."""
+def int8_isa(target) -> str | None:
+    """The byte dot product the llvm ``target`` (a tvm Target or dict) has: "avx512vnni",
+    "dotprod", or None (then the kernels keep float32 activations)."""
     import tvm
     from tvm.target import codegen
 
     if isinstance(target, dict):
         target = tvm.target.Target(target)
-    if str(target.kind.name) != "llvm" or not str(target.attrs.get("mtriple", "")).startswith("x86_64"):
-        return False
-    return bool(codegen.target_has_features("avx512vnni", target))
+    if str(target.kind.name) != "llvm":
+        return None
+    arch = str(target.attrs.get("mtriple", "")).split("-")[0]
+    if arch == "x86_64" and codegen.target_has_features("avx512vnni", target):
+        return "avx512vnni"
+    if arch == "aarch64" and codegen.target_has_features("dotprod", target):
+        return "dotprod"
+    return None
 
 
-@lru_cache(maxsize=None)
-def register() -> str:
-    """Register the intrinsic with TVM once; returns its name."""
-    from tvm.s_tir import TensorIntrin
+def codes_fit(isa: str, run_bits: int) -> bool:
+    """Whether codes of ``run_bits`` bits can be the intrinsic's byte operand."""
+    return run_bits <= (8 if isa == "avx512vnni" else 7)
+
+
+def _desc():
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -45,6 +58,11 @@ def register() -> str:
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vi, vk], "int32")
+    return desc
+
+
+def _vnni_impl():
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((16, 4), "uint8", offset_factor=1, scope="local"),
@@ -57,15 +75,45 @@ def register() -> str:
             c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], "int32x16"),
                 a.vload([0, 0], "uint8x64"), b.vload([0, 0], "int8x64"), dtype="int32x16")
+    return impl
 
-    TensorIntrin.register(INTRIN, desc, impl)
-    return INTRIN
+
+def _sdot_impl():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((16, 4), "uint8", offset_factor=1, scope="local"),
+             b: T.Buffer((16, 4), "int8", offset_factor=1, align=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:16, 0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for q in T.unroll(4):      # 4 lanes (16 bytes) per sdot; codes < 128 (codes_fit)
+                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    c.vload([q * 4], "int32x4"),
+                    T.reinterpret(a.vload([q * 4, 0], "uint8x16"), dtype="int8x16"),
+                    b.vload([q * 4, 0], "int8x16"), dtype="int32x4")
+    return impl
+
+
+@lru_cache(maxsize=None)
+def register(isa: str) -> str:
+    """Register the dot-product intrinsic of ``isa`` with TVM once; returns its name."""
+    from tvm.s_tir import TensorIntrin
+
+    name = f"edgemoe_{isa}_16x4"
+    TensorIntrin.register(name, _desc(), _vnni_impl() if isa == "avx512vnni" else _sdot_impl())
+    return name
+
+
+HSUM = "edgemoe_hsum_f32x16"
 
 
 @lru_cache(maxsize=None)
 def register_hsum() -> str:
     """``out[0] += sum_l a[l]`` over 16 float lanes as a halving tree of in-register shuffles (TVM
-    would otherwise read the lanes back one by one)."""
+    would otherwise read the lanes back one by one); any target."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
