@@ -102,6 +102,8 @@ def register(isa: str) -> str:
     """Register the dot-product intrinsic of ``isa`` with TVM once; returns its name."""
     from tvm.s_tir import TensorIntrin
 
+    if isa not in ISAS:
+        raise ValueError(f"no int8 dot-product intrinsic for {isa!r}; known: {', '.join(ISAS)}")
     name = f"edgemoe_{isa}_16x4"
     TensorIntrin.register(name, _desc(), _vnni_impl() if isa == "avx512vnni" else _sdot_impl())
     return name

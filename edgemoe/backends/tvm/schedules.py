@@ -101,6 +101,7 @@ def _parallel(sch, loop, extent: int) -> None:
         sch.parallel(sch.split(loop, [tasks, None])[0])
 
 
+TOKEN_TILE = 8
 INT8_ROWS = {1: 4, 4: 2, 16: 1}    # rows per block by token count (measured, see _cpu_matmul_int8)
 
 
@@ -152,7 +153,11 @@ def _cpu_matmul_int8(ks: KernelSpec, quant, rows: int | None = None):
         sch.compute_at(ab, no, preserve_unit_loops=True)
         sch.set_scope(ab, 0, "local")
         *_, at, an, al, ac = sch.get_loops(ab)
-        sch.reorder(ac, an, at, al)
+        if ks.tokens > TOKEN_TILE:      # token tiles: each tile's accumulators stay in registers
+            ato, at = sch.split(at, [None, TOKEN_TILE])
+            sch.reorder(ato, ac, an, at, al)
+        else:
+            sch.reorder(ac, an, at, al)
         sch.unroll(an)
         sch.unroll(at)
         sch.vectorize(al)
