@@ -3,11 +3,11 @@ against belady's offline optimum on the same trace. Traces come from the trained
 its held-out text (teacher forced: a prompt prefill, then one token per step), not from random
 weights, whose routing says nothing about hot experts. Prints a table and writes JSON.
 
-Two rows are not policies but a bound for online ones (``hebf*``, ``hebf**``): hebf's eviction rule
-given what no online policy has. ``hebf*`` knows each expert's hindsight statistics over the whole
-trace (the probability it is routed to given the steps since its last use); ``hebf**`` also knows
-the exact routing of the next token (all layers). If even these read more than 1.2x belady's bytes,
-the gap is the price of not knowing the future, not of the heuristic.
+The last rows are not policies but bounds for online ones: hebf's eviction rule given what no
+online policy has. ``hebf*`` knows each expert's hindsight statistics over the whole trace (the
+probability it is routed to given the steps since its last use); ``hebf*+Nt`` also knows the exact
+routing of the next N tokens (all layers). If even these read more than 1.2x belady's bytes, the
+gap is the price of not knowing the future, not of the heuristic.
 
     python benchmarks/policy_replay.py [--tokens 400] [--json bench_out/policy_replay.json]
 """
@@ -28,7 +28,9 @@ from edgemoe.schedulers.hebf import HEBF
 from edgemoe.schedulers.replay import replay, steps_from_trace
 
 
-NAMES = ("hebf", "lru", "lfu", "static", "belady", "hebf*", "hebf**")
+POLICIES = ("hebf", "lru", "lfu", "static", "belady")
+BOUNDS = {"hebf*": 0, "hebf*+1t": 1, "hebf*+2t": 2, "hebf*+4t": 4}   # name -> tokens known ahead
+NAMES = POLICIES + tuple(BOUNDS)
 
 
 def record(pkg, text: str, prompt: int, tokens: int, start: int, path: Path):
@@ -42,14 +44,15 @@ def record(pkg, text: str, prompt: int, tokens: int, start: int, path: Path):
 
 class Clairvoyant(HEBF):
     """hebf with hindsight: per (expert, steps since its last use, capped at ``max_age``) the
-    share of steps of the whole trace on which it was used; with ``lookahead``, the experts of the
-    next ``n_layers`` (layer, step) requests are kept as predicted (the exact next token's routing).
+    share of steps of the whole trace on which it was used; with ``tokens`` > 0, the experts of the
+    next ``tokens * n_layers`` (layer, step) requests are kept as predicted (the exact routing of
+    the next ``tokens`` tokens).
     """
 
-    def __init__(self, experts, records: list[dict], lookahead: bool, max_age: int = 6):
+    def __init__(self, experts, records: list[dict], tokens: int, max_age: int = 6):
         super().__init__(experts)
         self._seq = [(r["layer"], tuple(r["experts"])) for r in records]
-        self._lookahead, self._max_age = lookahead, max_age
+        self._tokens, self._max_age = tokens, max_age
         self._n = len(self._layers)
         steps = steps_from_trace(records)
         hits, seen, last = {}, {}, {}
@@ -71,8 +74,8 @@ class Clairvoyant(HEBF):
         self._step = req.step
         for e, _ in req.needed:
             self._last[(req.layer, e)] = req.step
-        if self._lookahead:
-            ahead = self._seq[self._t + 1:self._t + 1 + self._n]
+        if self._tokens:
+            ahead = self._seq[self._t + 1:self._t + 1 + self._tokens * self._n]
             req = LayerRequest(req.step, req.layer, req.needed, req.fixed_level,
                                tuple((layer, e) for layer, ex in ahead for e in ex))
         return super().plan(req, view)
@@ -113,7 +116,7 @@ def main(argv=None):
         for share in (0.25, 0.5, 0.75):
             cap = int(full * share)
             res = {}
-            for name in ("hebf", "lru", "lfu", "static", "belady"):
+            for name in POLICIES:
                 kw = {"experts": sorted(pkg.experts), "future": accesses(records),
                       "profile": heat_profile(records)}
                 pol = make_policy(name, **{k: v for k, v in kw.items()
@@ -121,7 +124,7 @@ def main(argv=None):
                                                             ("profile", "static")}})
                 res[name] = replay(pol, steps, cap, pkg.quant.ladder, chunks, level=8,
                                    top_k=pkg.arch.top_k)
-            for name, ahead in (("hebf*", False), ("hebf**", True)):
+            for name, ahead in BOUNDS.items():
                 res[name] = replay(Clairvoyant(sorted(pkg.experts), records, ahead), steps, cap,
                                    pkg.quant.ladder, chunks, level=8, top_k=pkg.arch.top_k)
             bel = res["belady"]
@@ -132,7 +135,7 @@ def main(argv=None):
                              "vs_belady": r.bytes_per_step / bel.bytes_per_step,
                              "decode_vs_belady": (r.bytes_per_decode_step / bel.bytes_per_decode_step
                                                   if bel.bytes_per_decode_step else None)})
-    print(f"{'budget':>6} {'policy':>7} {'KiB/token':>10} {'vs belady':>9} {'decode KiB/tok':>14} "
+    print(f"{'budget':>6} {'policy':>8} {'KiB/token':>10} {'vs belady':>9} {'decode KiB/tok':>14} "
           f"{'vs belady':>9}   (median over {args.traces} traces of {args.prompt}+{args.tokens} tokens)")
     summary = []
     for share in ("25%", "50%", "75%"):
@@ -143,10 +146,10 @@ def main(argv=None):
             s = {"budget": share, "policy": name, **{k: med(k) for k in
                  ("bytes_per_token", "vs_belady", "decode_bytes_per_token", "decode_vs_belady")}}
             summary.append(s)
-            print(f"{share:>6} {name:>7} {s['bytes_per_token'] / 1024:10.1f} {s['vs_belady']:9.2f} "
+            print(f"{share:>6} {name:>8} {s['bytes_per_token'] / 1024:10.1f} {s['vs_belady']:9.2f} "
                   f"{s['decode_bytes_per_token'] / 1024:14.1f} {s['decode_vs_belady']:9.2f}")
-    print("hebf* / hebf**: hebf's rule with hindsight reuse statistics / and the next token's exact "
-          "routing (bounds for online policies, not policies)")
+    print("hebf* / hebf*+Nt: hebf's rule with hindsight reuse statistics / and the exact routing of "
+          "the next N tokens (bounds for online policies, not policies)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     print(f"wrote {args.json}")
