@@ -30,7 +30,7 @@ from __future__ import annotations
 import tvm
 from tvm import te
 
-from edgemoe.backends.tvm.specs import KernelSpec, plane_runs
+from edgemoe.backends.tvm.specs import KernelSpec, int8_group_lanes, plane_runs
 
 F32 = "float32"
 
@@ -178,7 +178,7 @@ def matmul_int8(ks: KernelSpec, quant) -> list:
         rs, rk = te.reduce_axis((0, S), f"rs{i}"), te.reduce_axis((0, LANE_BYTES), f"rk{i}")
         dot = te.compute((T, N, C, LANES), _int8_dot(codes, xw, rs, rk), name=f"dot{i}")
         rc = te.reduce_axis((0, C), f"rc{i}")
-        lane, _ = _int8_lane(dot, rc, scale, sx, gs * r.width // 8, float(2 ** (bits - r.last)), str(i))
+        lane = _int8_lane(dot, rc, scale, sx, gs * r.width // 8, float(2 ** (bits - r.last)), str(i))
         accs.append(te.compute((T, N, LANES), lane, name=f"acc{i}"))
     # the offset term sum_g b * xs[g] - a z sx[g] sum(xq[g]), V groups per vector
     V = int8_group_lanes(quant, K)
@@ -240,12 +240,7 @@ def _int8_lane(dot, rc, scale, sx, nb: int, coef: float, name: str):
 
     def f(t, n, l):
         return te.sum(dot[t, n, rc, l].astype(F32) * fa[t, n, rc, l // lpg], axis=rc)
-    return f, [fa]
-
-
-def int8_group_lanes(quant, k: int) -> int:
-    """V: groups per vector of the offset term (16, or all the groups of a short row)."""
-    return min(16, k // quant.group_size)
+    return f
 
 
 def matmul_natural(ks: KernelSpec, quant, half_bits: bool = False) -> list:

@@ -81,14 +81,18 @@ class KernelSpec:
                 ("y", (self.tokens, self.n), "float32")]
 
 
+def int8_group_lanes(quant, k: int) -> int:
+    """V: groups per vector of the int8 kernels' offset term (16, or all the groups of a short row)."""
+    return min(16, k // quant.group_size)
+
+
 def int8_fits(quant, k: int) -> bool:
     """Whether a matrix with ``k`` inputs suits the int8 GEMV: whole groups; every plane row made of
     whole 64-byte blocks, each holding whole groups of whole 4-byte lanes; and a whole number of
     16-group vectors (or fewer than 16 groups) for the offset term."""
     if k % quant.group_size:
         return False
-    g = k // quant.group_size
-    return g % min(16, g) == 0 and all(
+    return (k // quant.group_size) % int8_group_lanes(quant, k) == 0 and all(
         k * w % 512 == 0 and (quant.group_size * w // 8) in (4, 8, 16, 32, 64)
         for w in quant.plane_widths)
 
