@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from edgemoe.backends.tvm import require_tvm, tvm_missing_reason
+from edgemoe.backends.tvm import require_tvm
+from edgemoe.backends.tvm.runtime_lib import cpu_mismatch, from_dlpack, load_cpu_module, runtime_missing_reason
 from edgemoe.backends.tvm.compile import FORMAT, INDEX, KERNELS_DIR, VERSION
 from edgemoe.backends.tvm.specs import chunks, kernel_name
 from edgemoe.errors import KernelsMissingError
@@ -33,20 +34,15 @@ def _build_hint(root: Path, device: str) -> str:
 
 
 def _runnable_here(index: dict) -> str | None:
-    """Why kernels described by ``index`` cannot run on this machine (None if they can)."""
-    tvm = require_tvm()
+    """Why kernels described by ``index`` cannot run on this machine (None if they can). CPU
+    kernels are checked without importing tvm (``runtime_lib``)."""
     kind = index.get("kind")
-    cpu = index["target"] if kind == "llvm" else (index.get("host") or {})
-    arch = str(cpu.get("mtriple", "")).split("-")[0]
+    if kind == "llvm":
+        return cpu_mismatch(index)
+    arch = str((index.get("host") or {}).get("mtriple", "")).split("-")[0]
     if arch and arch != platform.machine():
         return f"they are built for {arch}, this machine is {platform.machine()}"
-    if kind == "llvm":
-        from tvm.target import codegen
-
-        here = str(codegen.llvm_get_system_cpu())
-        if cpu.get("mcpu") not in (None, "generic", here):
-            return f"they are built for CPU {cpu.get('mcpu')}, this one is {here}"
-        return None
+    tvm = require_tvm()
     if kind == "cuda":
         dev = tvm.cuda(0)
         if not dev.exist:
@@ -91,7 +87,7 @@ class KernelSet:
     folder: Path
     index: dict
     funcs: dict          # kernel name -> callable
-    device: object       # tvm device the tensors live on
+    device: object       # tvm device the tensors live on (None for CPU kernels: numpy arrays)
     on_cpu: bool         # numpy arrays go to the kernels as they are
     buckets: tuple
     planes_dtype: np.dtype
@@ -118,12 +114,13 @@ class TvmBackend:
     def __init__(self, device: str | None = None, kernels_root=None, threads: int = 1):
         self.device = device or os.environ.get("EDGEMOE_TVM_DEVICE") or None
         self.kernels_root = kernels_root
-        self.unavailable_reason = tvm_missing_reason()
+        self.unavailable_reason = runtime_missing_reason()
         os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
         self._sets: dict = {}
 
     def is_available(self) -> bool:
-        """True if apache-tvm imports; otherwise ``unavailable_reason`` says why."""
+        """True if TVM's runtime can load kernels here (checked without importing it; GPU kernels
+        need the full apache-tvm at ``prepare``); otherwise ``unavailable_reason`` says why."""
         return self.unavailable_reason is None
 
     @staticmethod
@@ -176,8 +173,8 @@ class TvmBackend:
 
     def prepare(self, pkg, device: str | None = None) -> KernelSet:
         """Load (once) the kernels of ``pkg`` for ``device``; raises KernelsMissingError naming the
-        build command if they are missing, stale, or built for another machine."""
-        tvm = require_tvm()
+        build command if they are missing, stale, or built for another machine. CPU kernels load
+        with TVM's runtime library alone (``runtime_lib``: ~20 MiB, not the compiler's ~160)."""
         if not hasattr(pkg, "root"):
             from edgemoe.package.reader import Package
             pkg = Package(pkg)
@@ -198,12 +195,15 @@ class TvmBackend:
         if digest != lib["sha256"]:
             raise KernelsMissingError(f"{path} is missing or does not match its sha256 in {INDEX}; "
                                       f"re{_build_hint(pkg.root, folder.name)}")
-        if index["kind"] == "cuda":
-            _install_cubin(folder, index)
-        module = tvm.runtime.load_module(str(path))
+        if index["kind"] == "llvm":
+            module, dev = load_cpu_module(path), None
+        else:
+            tvm = require_tvm()
+            if index["kind"] == "cuda":
+                _install_cubin(folder, index)
+            module = tvm.runtime.load_module(str(path))
+            dev = tvm.cuda(0) if index["kind"] == "cuda" else tvm.opencl(0)
         funcs = {k["name"]: module[k["name"]] for k in index["kernels"]}
-        dev = tvm.cuda(0) if index["kind"] == "cuda" else tvm.opencl(0) if index["kind"] == "opencl" \
-            else tvm.cpu(0)
         ks = KernelSet(folder, index, funcs, dev, index["kind"] == "llvm",
                        tuple(index["built_for"]["buckets"]),
                        np.dtype(index["call"]["planes"]), np.dtype(index["call"]["scales"]))
@@ -212,14 +212,13 @@ class TvmBackend:
 
     # ---- experts ----
     def _tensor(self, ks: KernelSet, arr: np.ndarray):
-        import tvm
-        import tvm_ffi
-
         if not ks.on_cpu:
+            import tvm
+
             return tvm.runtime.tensor(np.ascontiguousarray(arr), device=ks.device)
         if not arr.flags.writeable:      # DLPack cannot export read-only memory: pay one copy
             arr = arr.copy()
-        return tvm_ffi.from_dlpack(arr, require_alignment=0)
+        return from_dlpack(arr)
 
     def load(self, pkg, layer, expert, bits, buf):
         """Bind the kernels of level ``bits`` to zero-copy views of the record prefix ``buf``."""

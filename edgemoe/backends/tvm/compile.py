@@ -128,8 +128,14 @@ def build_device(dt: DeviceTarget, quant, specs, folder: Path, progress=None,
                 files["cubin"] = _file_entry(folder, "experts.cubin")
             else:
                 notes.append(why)
+    from tvm.target import codegen
+
+    from edgemoe.backends.tvm.runtime_lib import cpu_flags
+
     return {"format": FORMAT, "version": VERSION, "device": dt.name, "kind": dt.kind,
             "target": dt.target, "host": dt.host, "tvm_version": tvm.__version__,
+            # the building CPU: kernels built for it are checked against it by feature flags
+            "built_on": {"cpu": str(codegen.llvm_get_system_cpu()), "flags": cpu_flags()},
             "call": {"planes": "uint32" if gpu else "uint8",
                      "scales": "uint16" if half_bits else quant.scale_dtype},
             "files": files, "notes": notes, "kernels": entries}

@@ -247,3 +247,34 @@ def test_int8_kernels_are_refused_for_cpus_without_a_byte_dot_product(tmp_path):
         build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int8")
     with pytest.raises(ConfigError, match="activations must be one of"):
         build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int4")
+
+
+@needs_tvm
+def test_cpu_kernels_run_without_importing_tvm_or_torch(demo):
+    """The runtime loads CPU kernels with TVM's runtime library alone: neither ``tvm`` (its
+    compiler library: +160 MiB RSS measured) nor torch (which tvm_ffi imports eagerly where it is
+    installed: +210 MiB) ends up in the process."""
+    code = ("import sys\n"
+            "from edgemoe.runtime.engine import Runtime\n"
+            f"rt = Runtime({str(demo['pkg'])!r}, level=4, backend='tvm')\n"
+            "ids = rt.generate('In the beginning', max_new_tokens=4).ids\n"
+            "assert len(ids) == 4, ids\n"
+            "print(sorted(m for m in ('tvm', 'torch', 'tvm_ffi') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "['tvm_ffi']"
+
+
+@needs_tvm
+def test_host_kernels_refused_on_a_cpu_without_their_features(demo, tmp_path):
+    """Host kernels record the building CPU's feature flags; a CPU lacking one is refused (the
+    kernels could use its instructions), found without importing tvm."""
+    from edgemoe.backends.tvm.backend import TvmBackend
+    from edgemoe.package.reader import Package
+
+    def needs_more(index):
+        index["built_on"]["flags"] = index["built_on"]["flags"] + ["edgemoe_imaginary_feature"]
+
+    _copy_kernels(demo, tmp_path, needs_more)
+    with pytest.raises(KernelsMissingError, match="lacks edgemoe_imaginary_feature"):
+        TvmBackend(device="host", kernels_root=tmp_path).prepare(Package(demo["pkg"]))
