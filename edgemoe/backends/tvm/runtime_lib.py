@@ -19,9 +19,16 @@ from edgemoe.backends.tvm import INSTALL_HINT
 from edgemoe.errors import ConfigError
 
 
+def _find(name: str):
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):     # a broken or stubbed-out package
+        return None
+
+
 def runtime_missing_reason() -> str | None:
     """Why CPU kernels cannot be loaded here (None if they can), without importing anything."""
-    if importlib.util.find_spec("tvm_ffi") is None:
+    if _find("tvm_ffi") is None:
         return f"apache-tvm-ffi is not installed; {INSTALL_HINT}"
     if _runtime_library() is None:
         return f"libtvm_runtime.so of apache-tvm is not found; {INSTALL_HINT}"
@@ -29,7 +36,7 @@ def runtime_missing_reason() -> str | None:
 
 
 def _runtime_library() -> Path | None:
-    spec = importlib.util.find_spec("tvm")
+    spec = _find("tvm")
     if spec is None or spec.origin is None:
         return None
     path = Path(spec.origin).parent / "lib" / "libtvm_runtime.so"
