@@ -292,5 +292,6 @@ def jit_kernels(hidden: int, intermediate: int, quant, buckets=None, int8: bool 
     ex = tvm.compile(tvm.IRModule({ks.name: schedule_cpu(ks, quant) for ks in specs}),
                      target=tvm.target.Target(host_target()))
     funcs = {ks.name: ex[ks.name] for ks in specs}
-    return KernelSet(Path("."), {"kind": "llvm"}, funcs, tvm.cpu(0), True, buckets,
+    index = {"kind": "llvm", "kernels": [{"name": ks.name, "activations": ks.activations} for ks in specs]}
+    return KernelSet(Path("."), index, funcs, tvm.cpu(0), True, buckets,
                      np.dtype("uint8"), np.dtype(quant.scale_dtype))

@@ -21,7 +21,11 @@ CASES = {"2-4-8/gs64": (QuantSpec(), 128, 96),
          "8/gs128": (QuantSpec(ladder=(8,), group_size=128), 64, 48),
          # shapes whose kernels take int8 activations on dot-product CPUs (plane rows of whole
          # 64-byte blocks): gate_up K = 256, down K = 512
-         "2-4-8/gs64/int8": (QuantSpec(), 256, 512)}
+         "2-4-8/gs64/int8": (QuantSpec(), 256, 512),
+         # int8 with a full 16-group offset vector (gate_up K = 1024), and groups of 32 with a
+         # merged 8-bit run (x86 VNNI; too wide for ARM's signed sdot)
+         "2-4-8/gs64/int8-wide": (QuantSpec(), 1024, 256),
+         "4-8/gs32/int8": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 256, 512)}
 BUCKETS = (1, 4, 16)
 
 
@@ -52,11 +56,12 @@ def _rel(y, ref):
     return float(np.abs(np.asarray(y, np.float64) - ref).max() / np.abs(ref).max())
 
 
-def _int8(case, k: int) -> bool:
-    """Whether the kernels for a matrix with ``k`` inputs have int8 activations."""
-    from edgemoe.backends.tvm.specs import int8_fits
+def _int8(case, m: str, bits: int) -> bool:
+    """Whether the kernels of matrix ``m`` at level ``bits`` have int8 activations."""
+    from edgemoe.backends.tvm.specs import kernel_name
 
-    return case["int8"] and int8_fits(case["spec"], k)
+    name = kernel_name(m, bits, 1)
+    return next(k["activations"] for k in case["kernels"].index["kernels"] if k["name"] == name) == "int8"
 
 
 def _product(case, x, m, bits):
@@ -66,7 +71,7 @@ def _product(case, x, m, bits):
 
     spec, layout, buf = case["spec"], case["layout"], case["buf"]
     (n, k), = [(n, k) for name, n, k in layout.matrices if name == m]
-    if _int8(case, k):
+    if _int8(case, m, bits):
         planes = [slot_array(buf, layout, layout.slot(m, "plane", spec.ladder[p]))
                   for p in range(spec.level_index(bits) + 1)]
         return matmul_from_planes_int8(x, planes, slot_array(buf, layout, layout.slot(m, "scale", bits)),
@@ -111,11 +116,13 @@ def test_int8_kernels_are_used_where_they_fit(case):
     from edgemoe.quant.record import decode_record as dec
 
     spec, layout = case["spec"], case["layout"]
-    if case["name"] != "2-4-8/gs64/int8":
-        assert not any(_int8(case, k) for _, _, k in layout.matrices)
+    used = {(m, bits) for m, _, _ in layout.matrices for bits in spec.ladder if _int8(case, m, bits)}
+    if not case["name"].endswith(("/int8", "/int8-wide")):
+        assert not used, used          # shapes that do not fit stay float32
         return
     if not case["int8"]:
         pytest.skip("this CPU has no byte dot product (AVX-512 VNNI, dotprod): the kernels are float32 here")
+    assert used == {(m, bits) for m, _, _ in layout.matrices for bits in spec.ladder}
     x = np.random.default_rng(9).standard_normal((1, case["hidden"])).astype(np.float32)
     for bits in spec.ladder:
         exact = x.astype(np.float64) @ dec(case["buf"], layout, bits)["gate_up"].astype(np.float64).T
