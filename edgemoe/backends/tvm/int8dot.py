@@ -61,8 +61,10 @@ def _desc():
     return desc
 
 
-def _vnni_impl():
+def _impl(isa: str):
     from tvm.script import tirx as T
+
+    vnni = isa == "avx512vnni"      # a Python value: the branch is taken when the script is parsed
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((16, 4), "uint8", offset_factor=1, scope="local"),
@@ -71,29 +73,17 @@ def _vnni_impl():
         with T.sblock("root"):
             T.reads(c[0:16], a[0:16, 0:4], b[0:16, 0:4])
             T.writes(c[0:16])
-            # LLVM 17+ spells the byte operands <64 x i8>
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], "int32x16"),
-                a.vload([0, 0], "uint8x64"), b.vload([0, 0], "int8x64"), dtype="int32x16")
-    return impl
-
-
-def _sdot_impl():
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((16, 4), "uint8", offset_factor=1, scope="local"),
-             b: T.Buffer((16, 4), "int8", offset_factor=1, align=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:16, 0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            for q in T.unroll(4):      # 4 lanes (16 bytes) per sdot; codes < 128 (codes_fit)
-                c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                    c.vload([q * 4], "int32x4"),
-                    T.reinterpret(a.vload([q * 4, 0], "uint8x16"), dtype="int8x16"),
-                    b.vload([q * 4, 0], "int8x16"), dtype="int32x4")
+            if vnni:   # one vpdpbusd; LLVM 17+ spells the byte operands <64 x i8>
+                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], "int32x16"),
+                    a.vload([0, 0], "uint8x64"), b.vload([0, 0], "int8x64"), dtype="int32x16")
+            else:      # 4 lanes (16 bytes) per sdot; codes < 128 (codes_fit)
+                for q in T.unroll(4):
+                    c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                        c.vload([q * 4], "int32x4"),
+                        T.reinterpret(a.vload([q * 4, 0], "uint8x16"), dtype="int8x16"),
+                        b.vload([q * 4, 0], "int8x16"), dtype="int32x4")
     return impl
 
 
@@ -105,7 +95,7 @@ def register(isa: str) -> str:
     if isa not in ISAS:
         raise ValueError(f"no int8 dot-product intrinsic for {isa!r}; known: {', '.join(ISAS)}")
     name = f"edgemoe_{isa}_16x4"
-    TensorIntrin.register(name, _desc(), _vnni_impl() if isa == "avx512vnni" else _sdot_impl())
+    TensorIntrin.register(name, _desc(), _impl(isa))
     return name
 
 
