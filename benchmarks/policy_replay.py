@@ -49,12 +49,12 @@ class Clairvoyant(HEBF):
     the next ``tokens`` tokens).
     """
 
-    def __init__(self, experts, records: list[dict], tokens: int, max_age: int = 6):
+    def __init__(self, experts, steps, tokens: int, max_age: int = 6):
+        """``steps``: the trace as ``steps_from_trace`` groups it (the sequence replayed)."""
         super().__init__(experts)
-        self._seq = [(r["layer"], tuple(r["experts"])) for r in records]
+        self._seq = [(layer, experts_) for step in steps for layer, experts_, _ in step]
         self._tokens, self._max_age = tokens, max_age
         self._n = len(self._layers)
-        steps = steps_from_trace(records)
         hits, seen, last = {}, {}, {}
         for s, step in enumerate(steps):
             for layer, experts, _ in step:
@@ -125,7 +125,7 @@ def main(argv=None):
                 res[name] = replay(pol, steps, cap, pkg.quant.ladder, chunks, level=8,
                                    top_k=pkg.arch.top_k)
             for name, ahead in BOUNDS.items():
-                res[name] = replay(Clairvoyant(sorted(pkg.experts), records, ahead), steps, cap,
+                res[name] = replay(Clairvoyant(sorted(pkg.experts), steps, ahead), steps, cap,
                                    pkg.quant.ladder, chunks, level=8, top_k=pkg.arch.top_k)
             bel = res["belady"]
             for name, r in res.items():

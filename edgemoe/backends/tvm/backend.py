@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import numpy as np
 import yaml
 
 from edgemoe.backends.tvm import require_tvm
-from edgemoe.backends.tvm.runtime_lib import cpu_mismatch, from_dlpack, load_cpu_module, runtime_missing_reason
+from edgemoe.backends.tvm.runtime_lib import (arch_mismatch, cpu_mismatch, from_dlpack, load_cpu_module,
+                                              runtime_missing_reason)
 from edgemoe.backends.tvm.compile import FORMAT, INDEX, KERNELS_DIR, VERSION
 from edgemoe.backends.tvm.specs import chunks, kernel_name
 from edgemoe.errors import KernelsMissingError
@@ -39,9 +39,9 @@ def _runnable_here(index: dict) -> str | None:
     kind = index.get("kind")
     if kind == "llvm":
         return cpu_mismatch(index)
-    arch = str((index.get("host") or {}).get("mtriple", "")).split("-")[0]
-    if arch and arch != platform.machine():
-        return f"they are built for {arch}, this machine is {platform.machine()}"
+    why = arch_mismatch(index.get("host") or {})
+    if why:
+        return why
     tvm = require_tvm()
     if kind == "cuda":
         dev = tvm.cuda(0)

@@ -85,14 +85,23 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def arch_mismatch(cpu_target: dict) -> str | None:
+    """Why code built for the llvm target ``cpu_target`` cannot run on this machine's
+    architecture (None if it can, or if the target names none)."""
+    arch = str(cpu_target.get("mtriple", "")).split("-")[0]
+    if arch and arch != platform.machine():
+        return f"they are built for {arch}, this machine is {platform.machine()}"
+    return None
+
+
 def cpu_mismatch(index: dict) -> str | None:
     """Why CPU kernels described by ``index`` cannot run on this CPU (None if they can): another
     architecture, or CPU features the building machine had (recorded for ``host`` builds) that this
     one lacks. (A library cross-built for a named CPU is checked by architecture only: naming this
     CPU as LLVM does would need the compiler library.)"""
-    arch = str(index["target"].get("mtriple", "")).split("-")[0]
-    if arch and arch != platform.machine():
-        return f"they are built for {arch}, this machine is {platform.machine()}"
+    why = arch_mismatch(index["target"])
+    if why:
+        return why
     built_on = index.get("built_on") or {}
     if built_on.get("flags") and index["target"].get("mcpu") == built_on.get("cpu"):
         missing = sorted(set(built_on["flags"]) - set(cpu_flags()))
