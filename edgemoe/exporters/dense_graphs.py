@@ -1,14 +1,15 @@
 """ONNX graphs of the dense parts: embedding, one graph per decoder layer, final norm + LM head.
 
 Built directly from numpy weights with onnx.helper (no torch tracing), mirroring the Hugging Face
-math of each family as normalised in MoEArch. Batch is 1; T new tokens, P past tokens, S = P + T.
+math of each family as normalised in MoEArch. B sequences of S new tokens each; the KV cache holds
+M positions per sequence (its capacity), of which each sequence has filled its own number.
 
-Layer graph I/O (names are the contract with the runtime, see LAYER_INPUTS / LAYER_OUTPUTS):
-  in : hidden [T, H], cos [T, R], sin [T, R] (R = rotary dim, HF's cat(freqs, freqs) form),
-       mask [T, S] additive float (0 or a large negative), past_k / past_v [KVH, P, D]
-  out: MoE layer   -> residual [T, H] (h + shared expert), moe_in [T, H], router_logits [T, E]
-       dense layer -> hidden_out [T, H]
-       both        -> present_k / present_v [KVH, S, D]
+Layer graph I/O (names are the contract with the runtime, see ``package/graph_io.py``):
+  in : hidden [B, S, H], cos/sin [B, S, R] (R = rotary dim, HF's cat(freqs, freqs) form, at each
+       sequence's positions), past_k / past_v [B, KVH, M, D], seqlens_k [B], total_len []
+  out: MoE layer   -> residual [B, S, H] (h + shared expert), moe_in [B, S, H], router_logits [B, S, E]
+       dense layer -> hidden_out [B, S, H]
+       both        -> present_k / present_v [B, KVH, M, D]: the same buffer as past_k / past_v
 The runtime finishes a MoE layer as ``residual + residual_multiplier * sum_e w_e * expert_e(moe_in)``.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import onnx
 from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
-from edgemoe.package.graph_io import DENSE_OUTPUTS, LAYER_INPUTS, MOE_OUTPUTS, ROUTER_WEIGHT  # noqa: F401
+from edgemoe.package.graph_io import ROUTER_WEIGHT
 from edgemoe.package.onnx_util import MS_DOMAIN, ExternalData, GraphBuilder, RowBlocks
 from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int8_groups
 
@@ -85,23 +86,61 @@ def _swiglu(b: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.
 
 
 def _rope(b: GraphBuilder, x: str, arch: MoEArch) -> str:
-    """x [heads, T, D] -> x*cos + rotate_half(x)*sin on the first R dims of D."""
+    """x [B, S, heads, D] -> x*cos + rotate_half(x)*sin on the first R dims of D (cos/sin [B, S, R]
+    broadcast over the heads)."""
     r, d = arch.rope_dim, arch.head_dim
     rot, rest = (x, None) if r == d else b.op("Split", x, b.const(_i64(r, d - r)), axis=-1, n_out=2)
     x1, x2 = b.op("Split", rot, b.const(_i64(r // 2, r // 2)), axis=-1, n_out=2)
     rotated = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
-    y = b.op("Add", b.op("Mul", rot, "cos"), b.op("Mul", rotated, "sin"))
+    cos, sin = (b.op("Unsqueeze", t, b.const(_i64(2))) for t in ("cos", "sin"))    # [B, S, 1, R]
+    y = b.op("Add", b.op("Mul", rot, cos), b.op("Mul", rotated, sin))
     return y if rest is None else b.op("Concat", y, rest, axis=-1)
 
 
-def _heads(b: GraphBuilder, x: str, n: int, d: int) -> str:
-    """[T, n*d] -> [n, T, d]"""
-    return b.op("Transpose", b.op("Reshape", x, b.const(_i64(0, n, d))), perm=[1, 0, 2])
+def _split_heads(b: GraphBuilder, x: str, n: int, d: int) -> str:
+    """[B, S, n*d] -> [B, S, n, d]"""
+    return b.op("Reshape", x, b.const(_i64(0, 0, n, d)))
 
 
-def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant) -> str:
+def _merge_heads(b: GraphBuilder, x: str, n: int, d: int) -> str:
+    """[B, S, n, d] -> [B, S, n*d]"""
+    return b.op("Reshape", x, b.const(_i64(0, 0, n * d)))
+
+
+# onnx element type and the GroupQueryAttention compute type of each KV cache type: onnxruntime's CPU
+# kernel computes in float16 over a float16 cache and in float32 over a float32 or int8 one
+_KV_ELEM = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "int8": TensorProto.INT8}
+
+
+def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str) -> str:
+    """Attention over the in-place KV cache: q [B, S, NH*D], k/v [B, S, KVH*D] (RoPE applied) ->
+    [B, S, NH*D]. onnxruntime's GroupQueryAttention appends k/v at each sequence's position
+    (``seqlens_k``) into past_k/past_v, which the runtime binds to the same buffer as the present
+    outputs, so no step copies the past; causal over each sequence's own length."""
+    kvh, d = arch.num_kv_heads, arch.head_dim
+    elem = _KV_ELEM[kv]
+    b.input("past_k", elem, ["B", kvh, "M", d])
+    b.input("past_v", elem, ["B", kvh, "M", d])
+    b.input("seqlens_k", TensorProto.INT32, ["B"])
+    b.input("total_len", TensorProto.INT32, [])
+    ins = [q, k, v, "past_k", "past_v", "seqlens_k", "total_len"]
+    attrs = {}
+    if kv == "f16":
+        ins[:3] = [b.op("Cast", t, to=TensorProto.FLOAT16) for t in ins[:3]]
+    if kv == "int8":    # per-channel scales of the codes, calibrated at export (see kv_scales)
+        b.input("k_scale", F, [kvh * d])
+        b.input("v_scale", F, [kvh * d])
+        ins += ["", "", "", "", "", "k_scale", "v_scale"]
+        attrs = dict(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
+    out, pk, pv = b.op("GroupQueryAttention", *ins, n_out=3, domain=MS_DOMAIN, num_heads=arch.num_heads,
+                       kv_num_heads=kvh, scale=float(arch.scale), **attrs)
+    b.output(pk, "present_k", elem, ["B", kvh, "M", d])
+    b.output(pv, "present_v", elem, ["B", kvh, "M", d])
+    return b.op("Cast", out, to=F) if kv == "f16" else out
+
+
+def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, kv: str) -> str:
     nh, kvh, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
-    g = nh // kvh
     q = _linear(b, x, w["q"], w.get("q_bias"), dq=dq)
     k = _linear(b, x, w["k"], w.get("k_bias"), dq=dq)
     v = _linear(b, x, w["v"], w.get("v_bias"), dq=dq)
@@ -111,61 +150,50 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant) 
     if arch.clip_qkv:
         lo, hi = b.const(np.float32(-arch.clip_qkv)), b.const(np.float32(arch.clip_qkv))
         q, k, v = (b.op("Clip", t, lo, hi) for t in (q, k, v))
-    q, k, v = _heads(b, q, nh, d), _heads(b, k, kvh, d), _heads(b, v, kvh, d)
+    q, k = _split_heads(b, q, nh, d), _split_heads(b, k, kvh, d)          # [B, S, heads, D]
     if arch.qk_norm == "per_head":      # Qwen3: RMSNorm over head_dim
         q = _norm(b, q, arch, w["q_norm"], None)
         k = _norm(b, k, arch, w["k_norm"], None)
-    q, k = _rope(b, q, arch), _rope(b, k, arch)
-    k_all = b.op("Concat", "past_k", k, axis=1)                          # [KVH, S, D]
-    v_all = b.op("Concat", "past_v", v, axis=1)
-    b.output(k_all, "present_k", F, [kvh, "S", d])
-    b.output(v_all, "present_v", F, [kvh, "S", d])
-    # grouped-query attention without repeating K/V: q [NH, T, D] -> [KVH, G*T, D]
-    qg = b.op("Reshape", q, b.const(_i64(kvh, -1, d)))
-    scores = b.op("MatMul", qg, b.op("Transpose", k_all, perm=[0, 2, 1]))   # [KVH, G*T, S]
-    scores = b.op("Mul", scores, b.const(np.float32(arch.scale)))
-    mask = b.op("Tile", "mask", b.const(_i64(g, 1))) if g > 1 else "mask"   # rows j*T + t
-    probs = b.op("Softmax", b.op("Add", scores, mask), axis=-1)
-    ctx = b.op("MatMul", probs, v_all)                                      # [KVH, G*T, D]
-    ctx = b.op("Transpose", b.op("Reshape", ctx, b.const(_i64(nh, -1, d))), perm=[1, 0, 2])
-    ctx = b.op("Reshape", ctx, b.const(_i64(0, nh * d)))                    # [T, NH*D]
+    q, k = _merge_heads(b, _rope(b, q, arch), nh, d), _merge_heads(b, _rope(b, k, arch), kvh, d)
+    ctx = _gqa(b, q, k, v, arch, kv)                                       # [B, S, NH*D]
     return _linear(b, ctx, w["o"], w.get("o_bias"), dq=dq)
 
 
 def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
-                data: ExternalData | None = None, dq: DenseQuant = FLOAT32) -> onnx.ModelProto:
+                data: ExternalData | None = None, dq: DenseQuant = FLOAT32,
+                kv: str = "f32") -> onnx.ModelProto:
     """The decoder layer ``index`` as an ONNX model (weights as initializers; saved as external data).
 
     ``w`` holds canonical roles: attn_norm(.bias), q, k, v, o (+ *_bias), q_norm, k_norm, mlp_norm(.bias),
     then router (+ shared_gate, shared_up, shared_down, shared_expert_gate) for a MoE layer, or
     mlp_gate, mlp_up, mlp_down for a dense one. With ``data``, large weights are written to it as
     the graph is built (see ``PackageWriter.write_graph``); the same holds for the graphs below.
+    ``kv``: the KV cache's element type (``KV_DTYPES``); the graphs of one layer differ only there,
+    so the exporter builds the others over the first one's weights file (``ReplayData``).
     """
-    H, kvh, d = arch.hidden_size, arch.num_kv_heads, arch.head_dim
+    H = arch.hidden_size
     b = GraphBuilder(f"layer{index:03d}", data)
-    b.input("hidden", F, ["T", H])
-    b.input("cos", F, ["T", arch.rope_dim])
-    b.input("sin", F, ["T", arch.rope_dim])
-    b.input("mask", F, ["T", "S"])
-    b.input("past_k", F, [kvh, "P", d])
-    b.input("past_v", F, [kvh, "P", d])
+    b.input("hidden", F, ["B", "S", H])
+    b.input("cos", F, ["B", "S", arch.rope_dim])
+    b.input("sin", F, ["B", "S", arch.rope_dim])
     rm = b.const(np.float32(arch.residual_multiplier))
     x = _norm(b, "hidden", arch, w["attn_norm"], w.get("attn_norm.bias"))
-    h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq), rm))
+    h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq, kv), rm))
     x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
     if arch.is_moe_layer(index):
-        b.output(x2, "moe_in", F, ["T", H])
-        b.output(_linear(b, x2, w["router"], name=ROUTER_WEIGHT), "router_logits", F, ["T", arch.num_experts])
+        b.output(x2, "moe_in", F, ["B", "S", H])
+        b.output(_linear(b, x2, w["router"], name=ROUTER_WEIGHT), "router_logits", F,
+                 ["B", "S", arch.num_experts])
         residual = h
         if arch.shared_intermediate_size:
             s = _swiglu(b, x2, w["shared_gate"], w["shared_up"], w["shared_down"], dq)
             if arch.shared_expert_gate:
                 s = b.op("Mul", b.op("Sigmoid", _linear(b, x2, w["shared_expert_gate"], dq=dq)), s)
             residual = b.op("Add", h, b.op("Mul", s, rm))
-        b.output(residual, "residual", F, ["T", H])
+        b.output(residual, "residual", F, ["B", "S", H])
     else:
         mlp = _swiglu(b, x2, w["mlp_gate"], w["mlp_up"], w["mlp_down"], dq)
-        b.output(b.op("Add", h, b.op("Mul", mlp, rm)), "hidden_out", F, ["T", H])
+        b.output(b.op("Add", h, b.op("Mul", mlp, rm)), "hidden_out", F, ["B", "S", H])
     return b.model()
 
 

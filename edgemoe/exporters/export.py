@@ -24,6 +24,7 @@ from edgemoe.exporters.families import adapter_for
 from edgemoe.exporters.weight_map import WeightMap
 from edgemoe.package import constants as C
 from edgemoe.package.expert_graph import expert_graph
+from edgemoe.package.graph_io import KV_DTYPES
 from edgemoe.package.writer import PackageWriter
 from edgemoe.quant.dense import FLOAT32, DenseQuant
 from edgemoe.quant.record import encode_record, record_layout
@@ -144,11 +145,13 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         embed, head = wmap.embed_rows(), wmap.head_weights()
         w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data, dense))
         tick("embed")
-        layer_paths, expert_entries = [], []
+        layer_paths, expert_entries = {kv: [] for kv in KV_DTYPES_F32_FIRST}, []
         for i in range(arch.num_layers):
             lw = wmap.layer_weights(i)
-            layer_paths.append(C.layer_graph_path(i))
-            w.write_graph(layer_paths[-1], lambda data, i=i, lw=lw: layer_graph(arch, i, lw, data, dense))
+            rels = {kv: C.layer_graph_path(i, kv) for kv in KV_DTYPES_F32_FIRST}
+            for kv, rel in rels.items():
+                layer_paths[kv].append(rel)
+            w.write_graph_variants(rels, lambda data, kv, i=i, lw=lw: layer_graph(arch, i, lw, data, dense, kv))
             del lw
             tick(f"layer {i}")
             if arch.is_moe_layer(i):
@@ -180,6 +183,10 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         }
         tick("manifest")
         return w.commit(manifest)
+
+
+# the f32 graph of a layer is built first: it names and writes the weights file the others share
+KV_DTYPES_F32_FIRST = ("f32", *(kv for kv in KV_DTYPES if kv != "f32"))
 
 
 def _write_experts(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant: QuantSpec,

@@ -1,7 +1,8 @@
 """Every name of the package format lives here; nothing else spells a manifest key."""
 
 FORMAT_NAME = "edgemoe"
-FORMAT_VERSION = "1.0"          # major.minor; readers refuse a newer major
+FORMAT_VERSION = "2.0"          # major.minor; readers refuse another major
+# 2.0: layer graphs attend over an in-place KV cache (GroupQueryAttention), one graph per KV type
 MANIFEST = "manifest.yaml"
 PARTIAL_SUFFIX = ".partial"     # staging folder while an export is being written
 
@@ -13,6 +14,7 @@ K_ARCH = "arch"
 K_QUANT = "quant"
 K_TOKENIZER = "tokenizer"
 K_DENSE = "dense"              # optional: how the dense weights are stored (absent = float32)
+K_KV_SCALES = "kv_int8_scales"  # optional: file of per-layer int8 KV cache scales [L, 2, KVH*D] float32
 K_FILES = "files"
 K_GRAPHS = "graphs"
 K_EXPERTS = "experts"
@@ -41,8 +43,10 @@ TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "records.bin"
 
 
-def layer_graph_path(i: int) -> str:
-    return f"{GRAPHS_DIR}/L{i:03d}.onnx"
+def layer_graph_path(i: int, kv: str = "f32") -> str:
+    """Layer i's graph for a KV cache of element type ``kv``; the f32 one names the weights file
+    (``L003.onnx.data``) that every type's graph of the layer reads."""
+    return f"{GRAPHS_DIR}/L{i:03d}.onnx" if kv == "f32" else f"{GRAPHS_DIR}/L{i:03d}.kv-{kv}.onnx"
 
 
 def expert_dir(i: int) -> str:

@@ -1,8 +1,17 @@
 """Input and output names of the dense layer graphs: the contract between exporter and runtime."""
 
-LAYER_INPUTS = ("hidden", "cos", "sin", "mask", "past_k", "past_v")
-MOE_OUTPUTS = ("residual", "moe_in", "router_logits", "present_k", "present_v")
-DENSE_OUTPUTS = ("hidden_out", "present_k", "present_v")
+# hidden [B, S, H], cos/sin [B, S, R], past_k/past_v [B, KVH, M, D] (the KV cache, M = its capacity:
+# bound to the same buffer as present_k/present_v, so onnxruntime's GroupQueryAttention writes the
+# new entries in place), seqlens_k [B] int32 (each sequence's length after this step, minus 1),
+# total_len [] int32 (the longest of them); the int8 variant adds k_scale/v_scale [KVH*D] float32.
+LAYER_INPUTS = ("hidden", "cos", "sin", "past_k", "past_v", "seqlens_k", "total_len")
+KV_SCALE_INPUTS = ("k_scale", "v_scale")
+MOE_OUTPUTS = ("residual", "moe_in", "router_logits")
+DENSE_OUTPUTS = ("hidden_out",)
+KV_OUTPUTS = ("present_k", "present_v")
+# KV cache element types a layer graph comes in (one small graph file per type, one weights file)
+KV_DTYPES = ("f16", "f32", "int8")
+DEFAULT_KV_DTYPE = "f16"
 ROUTER_WEIGHT = "router_weight"   # initializer [H, E] of a MoE layer graph (read for prefetch)
 
 

@@ -163,6 +163,49 @@ class ExternalData:
         return False
 
 
+class RecordingData:
+    """An :class:`ExternalData` that also remembers each write's (offset, length), so that a graph
+    built again by the same code, differing only in weightless nodes, can point at the same bytes
+    through :class:`ReplayData` instead of writing them twice."""
+
+    def __init__(self, data: ExternalData):
+        self.data, self.location, self.writes = data, data.location, []
+
+    def __getattr__(self, name):
+        method = getattr(self.data, name)
+        if not name.startswith("write"):
+            return method
+
+        def record(*args):
+            self.writes.append(method(*args))
+            return self.writes[-1]
+        return record
+
+
+class ReplayData:
+    """Answers a rebuild's writes with the recorded (offset, length) of the first build, in order,
+    writing nothing; a write of another length means the builds differ in weights (an error)."""
+
+    def __init__(self, recorded: RecordingData):
+        self.location, self._writes = recorded.location, iter(recorded.writes)
+
+    def _next(self, nbytes: int) -> tuple[int, int]:
+        offset, length = next(self._writes)
+        if length != nbytes:
+            raise ValueError(f"rebuilt graph writes {nbytes} bytes where the first build wrote {length}")
+        return offset, length
+
+    def write(self, array) -> tuple[int, int]:
+        return self._next(np.asarray(array).nbytes)
+
+    write_transposed = write
+
+    def write_rows(self, m: RowBlocks) -> tuple[int, int]:
+        return self._next(m.nbytes)
+
+    write_rows_transposed = write_rows
+
+
 class GraphBuilder:
     """Accumulates nodes and initializers; ``out = b.op("MatMul", x, w)`` returns the output name.
 

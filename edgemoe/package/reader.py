@@ -108,12 +108,21 @@ class Package:
         g = m[C.K_GRAPHS]
         self.embed_graph = self._known(g[C.K_EMBED])
         self.head_graph = self._known(g[C.K_HEAD])
-        self.layer_graphs = [self._known(p) for p in g[C.K_LAYERS]]
-        if len(self.layer_graphs) != self.arch.num_layers:
-            raise PackageError(f"manifest lists {len(self.layer_graphs)} layer graphs for "
-                               f"{self.arch.num_layers} layers; re-export the package")
+        layers = g[C.K_LAYERS]
+        if not isinstance(layers, dict) or "f32" not in layers:
+            raise PackageError(f"{self.root}: graphs.layers must map KV cache types to graph lists "
+                               f"(f32 at least); re-export the package")
+        # kv type -> one graph per layer; the f32 graphs name the weights files all types share
+        self.kv_layer_graphs = {str(kv): [self._known(p) for p in paths] for kv, paths in layers.items()}
+        self.layer_graphs = self.kv_layer_graphs["f32"]
+        for kv, paths in self.kv_layer_graphs.items():
+            if len(paths) != self.arch.num_layers:
+                raise PackageError(f"manifest lists {len(paths)} layer graphs for "
+                                   f"{self.arch.num_layers} layers ({kv} KV cache); re-export the package")
         self.experts: dict[tuple[int, int], ExpertEntry] = {}
         self._read_experts(m[C.K_EXPERTS])
+        scales = m.get(C.K_KV_SCALES)
+        self.kv_scales_file = self._known(scales) if scales else None
         tok = m.get(C.K_TOKENIZER)
         self.tokenizer_file = self._known(tok[C.K_FILE]) if tok else None
         self.add_bos = bool(tok.get(C.K_ADD_BOS, False)) if tok else False
@@ -132,6 +141,11 @@ class Package:
             raise IncompatiblePackageError(
                 f"{self.root} has format {version}, newer than this edgemoe reads "
                 f"({C.FORMAT_VERSION}); upgrade edgemoe (pip install -U edgemoe)")
+        if major < SUPPORTED_MAJOR:
+            raise IncompatiblePackageError(
+                f"{self.root} has format {version}, older than this edgemoe reads "
+                f"({C.FORMAT_VERSION}: layer graphs over an in-place KV cache); re-export it from its "
+                f"checkpoint with `edgemoe export`")
 
     def _check_files(self):
         for rel, meta in self.files.items():
@@ -194,6 +208,23 @@ class Package:
             raise CorruptRecordError(f"{rel} in {self.root} does not match its sha256: corrupt; "
                                      f"re-copy or re-export the package")
         return data
+
+    def kv_scales(self):
+        """Per layer (k_scale, v_scale), each [KVH*D] float32: the int8 KV cache's per-channel
+        scales, calibrated at export."""
+        import numpy as np
+        if self.kv_scales_file is None:
+            raise PackageError(f"{self.root} has no int8 KV cache scales (exported before they were "
+                               f"calibrated); use --kv-dtype f16, or re-export the package")
+        self.check_file(self.kv_scales_file)
+        a = self.arch
+        raw = np.frombuffer(self.read_file(self.kv_scales_file), dtype="<f4")
+        want = a.num_layers * 2 * a.num_kv_heads * a.head_dim
+        if raw.size != want:
+            raise PackageError(f"{self.kv_scales_file} in {self.root} holds {raw.size} scales, "
+                               f"expected {want}; re-export the package")
+        s = raw.reshape(a.num_layers, 2, -1).astype(np.float32)
+        return [(np.ascontiguousarray(s[i, 0]), np.ascontiguousarray(s[i, 1])) for i in range(a.num_layers)]
 
     def check_file(self, rel: str) -> None:
         """Check a listed file's sha256 without holding it in memory."""

@@ -15,7 +15,7 @@ import yaml
 
 from edgemoe.errors import PackageError
 from edgemoe.package import constants as C
-from edgemoe.package.onnx_util import ExternalData
+from edgemoe.package.onnx_util import ExternalData, RecordingData, ReplayData
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -125,6 +125,25 @@ class PackageWriter:
         if data.path.exists():
             self._register(data_rel)
         self._register(rel)
+
+    def write_graph_variants(self, rels: dict, build: Callable[[object, str], onnx.ModelProto]):
+        """Graphs that differ only in weightless nodes (a layer per KV cache type) over one weights
+        file: ``build(data, variant)`` is called per variant, in ``rels``' order; the first writes
+        the weights to its ``rel + '.data'``, the others point at the same bytes (``ReplayData``)."""
+        (first, rel0), *rest = rels.items()
+        p = self.path(rel0)
+        data_rel = str(Path(rel0).parent / (Path(rel0).name + ".data"))
+        with ExternalData(self.stage / data_rel, Path(data_rel).name) as data:
+            recorded = RecordingData(data)
+            p.write_bytes(build(recorded, first).SerializeToString())
+        if data.path.exists():
+            self._register(data_rel)
+        self._register(rel0)
+        for variant, rel in rest:
+            if Path(rel).parent != Path(rel0).parent:
+                raise ValueError(f"graph variants share one weights file, so one folder: {rel} vs {rel0}")
+            self.path(rel).write_bytes(build(ReplayData(recorded), variant).SerializeToString())
+            self._register(rel)
 
     def record_file(self, rel: str) -> RecordFileWriter:
         return RecordFileWriter(self.path(rel))

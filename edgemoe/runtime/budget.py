@@ -56,13 +56,16 @@ class BudgetPlan:
         return asdict(self)
 
 
-def work_bytes(pkg: Package, max_tokens: int) -> int:
-    """Transient memory of one step: activations and logits for ``max_tokens`` tokens, plus the
-    planes kernel's reused buffers for the widest expert matrix: codes and one plane (uint8), the
-    widened look-up indices (8 bytes per packed byte) and the float32 matrix, ~8 bytes a weight."""
+def work_bytes(pkg: Package, max_tokens: int, context: int | None = None) -> int:
+    """Transient memory of one step: activations and logits for ``max_tokens`` tokens, attention's
+    probabilities (onnxruntime's GroupQueryAttention holds [heads, tokens, context] float32 for a
+    prefill chunk late in the context), plus the planes kernel's reused buffers for the widest
+    expert matrix: codes and one plane (uint8), the widened look-up indices (8 bytes per packed byte)
+    and the float32 matrix, ~8 bytes a weight."""
     a = pkg.arch
+    context = max(context or max_tokens, max_tokens)
     acts = max_tokens * 4 * (6 * a.hidden_size + 2 * a.intermediate_size + a.vocab_size
-                             + a.num_heads * max_tokens)
+                             + a.num_heads * context)
     widest = max(n * (-(-k // pkg.quant.group_size)) * pkg.quant.group_size
                  for _, n, k in pkg.layout.matrices)
     return acts + 8 * widest
@@ -72,7 +75,8 @@ PREFILL_CHUNK = 128   # tokens per prefill pass under a budget (bounds the activ
 
 
 def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = PREFILL_CHUNK,
-                level: int | None = None, measured_fixed: int = 0) -> BudgetPlan:
+                level: int | None = None, measured_fixed: int = 0, kv_dtype: str = "f16",
+                batch: int = 1) -> BudgetPlan:
     """Split ``budget`` into its parts.
 
     ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
@@ -80,12 +84,14 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     of the whole package would be meaningless for dense-heavy models, whose fixed part alone can
     exceed 25% of the package.) ``measured_fixed``: the resident memory the runtime measured while
     loading the dense sessions and the tokenizer; it replaces the dense estimate when larger.
+    ``batch`` sequences of ``context`` tokens each get their KV cache of ``kv_dtype`` reserved.
     """
     a = pkg.arch
     n_sessions = a.num_layers + 2
     dense = max(pkg.dense_bytes() + n_sessions * ORT_SESSION_OVERHEAD, int(measured_fixed))
-    kv = KVCache.bytes_for(a, context)
-    work = work_bytes(pkg, min(prefill_chunk, context))
+    kv = KVCache.bytes_for(a, context, kv_dtype, slots=batch)
+    # a step carries one prefill chunk beside the other sequences' decode tokens
+    work = work_bytes(pkg, min(prefill_chunk, context) + batch - 1, context)
     fixed = dense + kv + work
     if isinstance(budget, str) and budget.strip().endswith("%"):
         total = fixed + parse_size(budget, reference=pkg.level_bytes(pkg.quant.top_bits))
@@ -100,5 +106,5 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
                           f"package (dense {fmt_size(dense)}, KV cache for {context} tokens "
                           f"{fmt_size(kv)}, work {fmt_size(work)}, {a.top_k} experts at "
                           f"{pkg.quant.ladder[0]} bits or one at the fixed level {fmt_size(one_token)}); raise --budget to at "
-                          f"least {fmt_size(minimum)} or lower --context")
+                          f"least {fmt_size(minimum)} or lower --context" + (" or the batch" if batch > 1 else ""))
     return BudgetPlan(total, dense, kv, work, total - dense - kv - work, minimum, context)

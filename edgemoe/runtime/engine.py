@@ -1,9 +1,12 @@
 """Runtime: run an .edgemoe package (numpy + onnxruntime).
 
-Per forward step (T new tokens, batch 1): embed graph -> for each layer, its ONNX graph (attention with
-KV cache in/out, router logits) -> routing (numpy) -> the chosen experts, expert-major (every token
-routed to an expert runs in one call) -> head graph. All experts are resident at one level here; the
-memory-budgeted cache builds on the same pieces.
+One step runs new tokens of one or more sequences (each in its own KV cache slot): embed graph ->
+for each layer, its ONNX graph once per group of sequences (all decoding sequences of a contiguous
+run of slots together, each prefill chunk alone; attention writes K/V into the cache in place) ->
+routing (numpy) over every row of the step -> the chosen experts, expert-major across the batch
+(every row routed to an expert, whichever sequence it belongs to, runs in one call) -> head graph
+on the rows whose logits are wanted. Experts are resident at one level, or streamed under a budget
+(``budgeted.py``). ``edgemoe.runtime.batch`` schedules sequences joining and leaving over ``step``.
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ import onnxruntime as ort
 from edgemoe.backends import get_backend
 from edgemoe.errors import BudgetError, ConfigError, PackageError
 from edgemoe.package.reader import Package
-from edgemoe.package.graph_io import DENSE_OUTPUTS, MOE_OUTPUTS
+from edgemoe.package.graph_io import DEFAULT_KV_DTYPE, DENSE_OUTPUTS, KV_OUTPUTS, MOE_OUTPUTS
 from edgemoe.runtime.events import Event
 from edgemoe.runtime.expert_store import ExpertStore
 from edgemoe.runtime.budget import PREFILL_CHUNK, fmt_size, plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
-from edgemoe.runtime.kv_cache import KVCache
+from edgemoe.runtime.kv_cache import KVCache, check_kv_dtype
 from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes, start_libraries
-from edgemoe.runtime.rope import causal_mask, rope_tables
+from edgemoe.runtime.rope import rope_tables
 from edgemoe.runtime.routing import route
 from edgemoe.runtime.sampling import Sampler, SamplingConfig
 
@@ -72,7 +75,12 @@ class Runtime:
         NN% of the experts at the top level); see ``edgemoe.runtime.budget``
     policy, policy_args : scheduling policy under a budget ("hebf", "lru", "lfu", "static" with
         ``{"profile": heat}``, "belady" with ``{"future": accesses}``)
-    context : tokens of KV cache the budget reserves
+    context : tokens of KV cache per sequence: what the budget reserves (a longer sequence is
+        refused); without a budget, where the cache starts (it doubles as sequences grow)
+    kv_dtype : the KV cache's element type: "f16" (default), "f32" (exact), "int8" (per-channel
+        scales calibrated at export)
+    max_batch : sequences that can be in flight at once (KV cache slots; ``step`` and
+        ``edgemoe.runtime.batch``); the budget reserves a full context for each
     trace : path to record the routing trace (under a budget)
     prefetch : look-ahead prefetch of the next layer's predicted experts (under a budget)
     io_threads, direct_io, read_delay_s : the loader's threads, O_DIRECT use, and an artificial
@@ -84,7 +92,7 @@ class Runtime:
                  threads: int = 1, exact: bool = False, budget=None, policy: str = "hebf",
                  context: int = 512, trace=None, prefetch: bool = True, io_threads: int = 2,
                  direct_io: bool = True, read_delay_s: float = 0.0, policy_args: dict | None = None,
-                 events=None):
+                 events=None, kv_dtype: str = DEFAULT_KV_DTYPE, max_batch: int = 1):
         self.pkg = package if isinstance(package, Package) else Package(package)
         self.arch = self.pkg.arch
         ladder = self.pkg.quant.ladder
@@ -93,6 +101,12 @@ class Runtime:
             raise ConfigError("--level auto lets the scheduler choose levels under a budget; "
                               "give --budget too, or a fixed --level")
         self.level = None if auto else (ladder[-1] if level is None else int(level))
+        self.kv_dtype = check_kv_dtype(kv_dtype)
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if context < 1:
+            raise ConfigError(f"context must be >= 1 token, got {context}")
+        self._kv_scales = self.pkg.kv_scales() if kv_dtype == "int8" else None
         if self.level is not None:
             self.pkg.quant.level_index(self.level)  # ConfigError naming the valid levels
         if budget is None and trace is not None:
@@ -109,7 +123,12 @@ class Runtime:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
         so.enable_cpu_mem_arena = False
-        for rel in [self.pkg.embed_graph, self.pkg.head_graph, *self.pkg.layer_graphs]:
+        layer_graphs = self.pkg.kv_layer_graphs.get(self.kv_dtype)
+        if layer_graphs is None:
+            raise PackageError(f"{self.pkg.root} has no layer graphs for a {self.kv_dtype} KV cache "
+                               f"(it has {', '.join(self.pkg.kv_layer_graphs)}); choose one of those "
+                               f"or re-export the package")
+        for rel in [self.pkg.embed_graph, self.pkg.head_graph, *layer_graphs, *self.pkg.layer_graphs]:
             self.pkg.check_file(rel)  # streamed sha256 of the graph and of its .data
             if rel + ".data" in self.pkg.files:
                 self.pkg.check_file(rel + ".data")
@@ -117,8 +136,11 @@ class Runtime:
                                                 providers=["CPUExecutionProvider"])
         self._embed = load(self.pkg.embed_graph)
         self._head = load(self.pkg.head_graph)
-        self._layers = [load(rel) for rel in self.pkg.layer_graphs]
-        self.kv = KVCache(self.arch)
+        self._layers = [load(rel) for rel in layer_graphs]
+        self.max_batch = int(max_batch)
+        self.kv = KVCache(self.arch, context, slots=max_batch, kv_dtype=self.kv_dtype,
+                          growable=budget is None)
+        self.kv.reset()
         self._tokenizer = None
         self.last_routing: list[np.ndarray] = []   # per MoE layer: experts [T, k] of the last step
         self.budget_plan = None
@@ -145,7 +167,8 @@ class Runtime:
         self._warm_dense()   # onnxruntime's first-run allocations are fixed costs: measure them
         measured = rss_bytes() - rss0 if rss0 else 0
         self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level,
-                                       measured_fixed=measured)
+                                       measured_fixed=measured, kv_dtype=self.kv_dtype,
+                                       batch=self.max_batch)
         if trace is not None:
             from edgemoe.runtime.trace import TraceWriter
             self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
@@ -167,17 +190,12 @@ class Runtime:
                 self._routers = {}
 
     def _warm_dense(self):
-        """One token through the dense graphs (experts skipped), then forget it."""
-        a = self.arch
+        """One token through the dense graphs (experts skipped) in slot 0, then forget it."""
         hidden = self._embed.run(None, {"ids": np.zeros(1, dtype=np.int64)})[0]
-        cos, sin = rope_tables(a, np.arange(1))
-        empty = np.zeros((a.num_kv_heads, 0, a.head_dim), dtype=np.float32)
-        for i, sess in enumerate(self._layers):
-            outs = sess.run(MOE_OUTPUTS if a.is_moe_layer(i) else DENSE_OUTPUTS,
-                            {"hidden": hidden, "cos": cos, "sin": sin, "mask": causal_mask(0, 1),
-                             "past_k": empty, "past_v": empty})
-            hidden = outs[0]
+        for i in range(self.arch.num_layers):
+            hidden = self._run_layer(i, 0, 1, hidden[None], np.zeros((1, 1), np.int64))[0][0]
         self._head.run(None, {"hidden": hidden})
+        self.kv.lengths[:] = 0
 
     @property
     def package_id(self) -> str:
@@ -185,12 +203,13 @@ class Runtime:
 
     # ---- model ----
     def reset(self):
-        """Forget the KV cache (start a new sequence)."""
+        """Forget the KV cache (start a new sequence in slot 0; other slots are released)."""
         self.kv.reset()
 
-    def forward(self, token_ids) -> np.ndarray:
-        """Run the new tokens through the model, extending the KV cache; under a budget, long
-        prompts go through in chunks of PREFILL_CHUNK tokens (bounded activations).
+    def forward(self, token_ids, slot: int = 0) -> np.ndarray:
+        """Run the new tokens of one sequence (KV cache slot ``slot``; 0 = the batch-1 sequence)
+        through the model, extending its KV cache; under a budget, long prompts go through in chunks
+        of PREFILL_CHUNK tokens (bounded activations).
 
         Parameters
         ----------
@@ -202,53 +221,135 @@ class Runtime:
         """
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if self.budgeted is not None and ids.size > PREFILL_CHUNK:
-            return np.concatenate([self._forward(ids[s:s + PREFILL_CHUNK])
+            return np.concatenate([self.step([(slot, ids[s:s + PREFILL_CHUNK])], all_logits=True)[0]
                                    for s in range(0, ids.size, PREFILL_CHUNK)])
-        return self._forward(ids)
+        return self.step([(slot, ids)], all_logits=True)[0]
 
-    def _forward(self, token_ids) -> np.ndarray:
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    def _check_input(self, slot: int, ids: np.ndarray):
         if ids.size == 0:
             raise ConfigError("forward needs at least one token id")
         if ids.min() < 0 or ids.max() >= self.arch.vocab_size:
             raise ConfigError(f"token ids must be in 0..{self.arch.vocab_size - 1}")
-        past, t = self.kv.length, ids.size
+        if not 0 <= slot < self.kv.used:
+            raise ConfigError(f"KV cache slot {slot} is not in use (slots 0..{self.kv.used - 1} are)")
+        past, t = int(self.kv.lengths[slot]), ids.size
         if past + t > self.arch.max_position:
             raise ConfigError(f"sequence of {past + t} tokens exceeds the model's max_position "
                               f"{self.arch.max_position}; reset() or shorten the prompt")
         if self.budget_plan is not None and past + t > self.budget_plan.context:
             raise BudgetError(f"sequence of {past + t} tokens exceeds the {self.budget_plan.context}-token "
                               f"context whose KV cache the budget reserved; raise --context (the KV "
-                              f"cache then takes {fmt_size(KVCache.bytes_for(self.arch, past + t))}) "
+                              f"cache then takes {fmt_size(KVCache.bytes_for(self.arch, past + t, self.kv_dtype))}) "
                               f"or shorten the prompt")
+        self.kv.reserve(slot, t)
+
+    @staticmethod
+    def _groups(batch) -> list[tuple[int, int, list[int]]]:
+        """(first slot, last slot + 1, entry indices): single-token entries of consecutive slots run
+        as one group (one graph call per layer), every longer entry alone."""
+        singles = sorted((slot, j) for j, (slot, ids) in enumerate(batch) if len(ids) == 1)
+        groups = []
+        for slot, j in singles:
+            if groups and groups[-1][1] == slot and len(batch[groups[-1][2][0]][1]) == 1:
+                groups[-1][1] += 1
+                groups[-1][2].append(j)
+            else:
+                groups.append([slot, slot + 1, [j]])
+        groups += [[slot, slot + 1, [j]] for j, (slot, ids) in enumerate(batch) if len(ids) > 1]
+        return [tuple(g) for g in groups]
+
+    def _run_layer(self, i: int, lo: int, hi: int, hidden: np.ndarray, positions: np.ndarray):
+        """Layer i's graph on slots lo..hi-1: hidden [B, S, H] at positions [B, S] -> its outputs
+        (MOE_OUTPUTS or DENSE_OUTPUTS, [B, S, ...]); K/V land in the cache in place."""
+        sess = self._layers[i]
+        b, t = positions.shape
+        cos, sin = rope_tables(self.arch, positions.reshape(-1))
+        io = sess.io_binding()
+        io.bind_cpu_input("hidden", np.ascontiguousarray(hidden, dtype=np.float32))
+        io.bind_cpu_input("cos", cos.reshape(b, t, -1))
+        io.bind_cpu_input("sin", sin.reshape(b, t, -1))
+        pk, pv = self.kv.ortvalues(i, lo, hi)
+        io.bind_ortvalue_input("past_k", pk)
+        io.bind_ortvalue_input("past_v", pv)
+        io.bind_cpu_input("seqlens_k", (positions[:, -1]).astype(np.int32))
+        io.bind_cpu_input("total_len", np.array(positions[:, -1].max() + 1, dtype=np.int32))
+        if self._kv_scales is not None:
+            io.bind_cpu_input("k_scale", self._kv_scales[i][0])
+            io.bind_cpu_input("v_scale", self._kv_scales[i][1])
+        names = MOE_OUTPUTS if self.arch.is_moe_layer(i) else DENSE_OUTPUTS
+        for n in names:
+            io.bind_output(n)
+        io.bind_ortvalue_output(KV_OUTPUTS[0], pk)
+        io.bind_ortvalue_output(KV_OUTPUTS[1], pv)
+        sess.run_with_iobinding(io)
+        return [o.numpy() for o in io.get_outputs()[:len(names)]]
+
+    def step(self, batch, all_logits: bool = False) -> list[np.ndarray]:
+        """One forward step over several sequences.
+
+        Parameters
+        ----------
+        batch : list of (slot, token_ids): each sequence's KV cache slot (``kv.acquire()``; slot 0
+            is the batch-1 sequence) and its new tokens (1 while decoding; a prompt chunk while
+            prefilling). A slot appears at most once.
+        all_logits : return logits of every new token, not only of each sequence's last
+
+        Returns
+        -------
+        per entry, logits float32 [T_i, vocab] (or [1, vocab])
+        """
+        batch = [(int(slot), np.asarray(ids, dtype=np.int64).reshape(-1)) for slot, ids in batch]
+        if not batch:
+            raise ConfigError("step needs at least one sequence")
+        if len({slot for slot, _ in batch}) != len(batch):
+            raise ConfigError("a KV cache slot appears twice in one step")
+        for slot, ids in batch:
+            self._check_input(slot, ids)
         t_step = time.perf_counter()
-        hidden = self._embed.run(None, {"ids": ids})[0]
-        cos, sin = rope_tables(self.arch, np.arange(past, past + t))
-        mask = causal_mask(past, t)
+        groups = self._groups(batch)
+        ids_all = np.concatenate([np.concatenate([batch[j][1] for j in g[2]]) for g in groups])
+        hidden_all = self._embed.run(None, {"ids": ids_all})[0]                  # [N, H]
+        hs, pos, r = [], [], 0
+        for lo, hi, js in groups:
+            t = len(batch[js[0]][1])
+            pos.append(self.kv.lengths[lo:hi, None] + np.arange(t)[None, :])     # [B, S]
+            hs.append(hidden_all[r:r + (hi - lo) * t].reshape(hi - lo, t, -1))
+            r += (hi - lo) * t
+        sizes = [h.shape[0] * h.shape[1] for h in hs]
         self.last_routing = []
         self._pending_pred = None
-        for i, sess in enumerate(self._layers):
-            pk, pv = self.kv.get(i)
-            feeds = {"hidden": hidden, "cos": cos, "sin": sin, "mask": mask, "past_k": pk, "past_v": pv}
+        for i in range(self.arch.num_layers):
             t0 = time.perf_counter()
-            moe = self.arch.is_moe_layer(i)
-            outs = sess.run(MOE_OUTPUTS if moe else DENSE_OUTPUTS, feeds)
+            outs = [self._run_layer(i, lo, hi, h, p) for (lo, hi, _), h, p in zip(groups, hs, pos)]
             if self.events is not None:
                 self.events(Event("dense", t0, time.perf_counter(), self._step, i))
-            if moe:
-                residual, moe_in, logits, k, v = outs
-                hidden = residual + self.arch.residual_multiplier * self._moe(i, moe_in, logits)
-            else:
-                hidden, k, v = outs
-            self.kv.put(i, k, v)
-        self.kv.advance(t)
+            if not self.arch.is_moe_layer(i):
+                hs = [o[0] for o in outs]
+                continue
+            flat = [np.concatenate([o[k].reshape(-1, o[k].shape[-1]) for o in outs]) if len(outs) > 1
+                    else outs[0][k].reshape(-1, outs[0][k].shape[-1]) for k in range(3)]
+            residual, moe_in, logits = flat                                       # [N, H], [N, H], [N, E]
+            h = residual + self.arch.residual_multiplier * self._moe(i, moe_in, logits)
+            hs = [part.reshape(o[0].shape) for part, o in zip(np.split(h, np.cumsum(sizes)[:-1]), outs)]
+        for lo, hi, js in groups:
+            for slot in range(lo, hi):
+                self.kv.advance(slot, len(batch[js[0]][1]))
         if self.budgeted is not None:
             self.budgeted.end_step()
-        logits = self._head.run(None, {"hidden": hidden})[0]
+        # rows whose logits are wanted: every row, or each sequence's last
+        rows = [h.reshape(-1, h.shape[-1]) if all_logits else h[:, -1] for h in hs]
+        logits = self._head.run(None, {"hidden": np.concatenate(rows) if len(rows) > 1 else rows[0]})[0]
+        out: list = [None] * len(batch)
+        r = 0
+        for (lo, hi, js), h in zip(groups, hs):
+            t = h.shape[1] if all_logits else 1
+            for j in js:
+                out[j] = logits[r:r + t]
+                r += t
         if self.events is not None:
-            self.events(Event("step", t_step, time.perf_counter(), self._step, nbytes=t))
+            self.events(Event("step", t_step, time.perf_counter(), self._step, nbytes=len(ids_all)))
         self._step += 1
-        return logits
+        return out
 
     def _moe(self, layer: int, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Expert-major: each chosen expert runs once on all tokens routed to it."""

@@ -1,37 +1,136 @@
-"""Per-layer KV cache, batch 1: K and V as [KVH, S, D] float32, grown by the layer graphs' outputs."""
+"""The KV cache: per layer, K and V buffers [slots, KVH, capacity, D], preallocated and written in
+place by the layer graphs (onnxruntime's GroupQueryAttention takes each buffer as both its past and
+its present), so a decode step never copies the past. One slot per sequence of a batch.
+
+Element types: float16 (the default: half of float32's bytes), float32 (exact: the parity tests) and
+int8 (per-channel scales fixed per layer, calibrated at export). Slots in use are kept packed at the
+low end (``release`` moves the last one into the gap), so the sequences that decode together are one
+contiguous run of slots and one graph call per layer serves them all.
+"""
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 from edgemoe.arch import MoEArch
+from edgemoe.errors import BudgetError, ConfigError
+from edgemoe.package.graph_io import KV_DTYPES
+
+KV_NUMPY = {"f16": np.float16, "f32": np.float32, "int8": np.int8}
+GROW_FROM = 256          # tokens a growable cache starts with; it doubles when a sequence needs more
+
+
+def check_kv_dtype(kv_dtype: str) -> str:
+    if kv_dtype not in KV_DTYPES:
+        raise ConfigError(f"unknown KV cache type {kv_dtype!r}; choose one of {', '.join(KV_DTYPES)}")
+    return kv_dtype
 
 
 class KVCache:
-    def __init__(self, arch: MoEArch):
-        self.arch = arch
-        self.reset()
+    """K/V of ``slots`` sequences for ``capacity`` positions each.
+
+    ``growable``: the capacity doubles (one copy of the filled cache) when a sequence would pass it,
+    up to ``max_capacity`` (without a budget); otherwise a longer sequence is refused (the budget
+    reserved exactly this cache).
+    """
+
+    def __init__(self, arch: MoEArch, capacity: int, slots: int = 1, kv_dtype: str = "f16",
+                 growable: bool = False, max_capacity: int | None = None):
+        self.arch, self.slots, self.kv_dtype = arch, int(slots), check_kv_dtype(kv_dtype)
+        self.dtype = np.dtype(KV_NUMPY[kv_dtype])
+        self.growable, self.max_capacity = growable, int(max_capacity or arch.max_position)
+        self.lengths = np.zeros(self.slots, dtype=np.int64)    # tokens held per slot
+        self.used = 0                                          # slots 0..used-1 belong to sequences
+        self._alloc(int(capacity))
+
+    def _alloc(self, capacity: int):
+        a = self.arch
+        shape = (self.slots, a.num_kv_heads, capacity, a.head_dim)
+        # np.zeros maps untouched pages: memory becomes resident as positions fill
+        self.k = [np.zeros(shape, self.dtype) for _ in range(a.num_layers)]
+        self.v = [np.zeros(shape, self.dtype) for _ in range(a.num_layers)]
+        self.capacity = capacity
+        self._views: dict = {}
+
+    # ---- slots ----
+    def acquire(self) -> int:
+        """A free slot (the lowest), emptied."""
+        if self.used >= self.slots:
+            raise BudgetError(f"all {self.slots} KV cache slots are in use; raise the batch size "
+                              f"(max_batch / --parallel) or wait for a sequence to finish")
+        slot = self.used
+        self.used += 1
+        self.lengths[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> int | None:
+        """Free ``slot``; the last slot in use moves into it (its filled prefix is copied once) so
+        the slots in use stay packed. Returns the slot that moved into ``slot``, or None."""
+        last = self.used - 1
+        if not 0 <= slot <= last:
+            raise ConfigError(f"KV cache slot {slot} is not in use")
+        moved = None
+        if slot != last:
+            n = int(self.lengths[last])
+            for buf in (*self.k, *self.v):
+                buf[slot, :, :n] = buf[last, :, :n]
+            self.lengths[slot] = n
+            moved = last
+        self.lengths[last] = 0
+        self.used -= 1
+        return moved
 
     def reset(self):
-        a = self.arch
-        empty = np.zeros((a.num_kv_heads, 0, a.head_dim), dtype=np.float32)
-        self._k = [empty] * a.num_layers
-        self._v = [empty] * a.num_layers
-        self.length = 0
+        """Forget every sequence (slot 0 becomes the only slot in use)."""
+        self.lengths[:] = 0
+        self.used = 1
 
-    def get(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._k[layer], self._v[layer]
+    # ---- positions ----
+    def reserve(self, slot: int, new_tokens: int):
+        """Make room for ``new_tokens`` more in ``slot`` (grows a growable cache)."""
+        need = int(self.lengths[slot]) + new_tokens
+        if need <= self.capacity:
+            return
+        if not self.growable or need > self.max_capacity:
+            raise BudgetError(f"sequence of {need} tokens exceeds the {self.capacity}-token KV cache "
+                              f"that was reserved; raise --context or shorten the prompt")
+        cap = self.capacity
+        while cap < need:
+            cap *= 2
+        cap = min(cap, self.max_capacity)
+        old_k, old_v, n = self.k, self.v, int(self.lengths.max())
+        self._alloc(cap)
+        for new, old in zip((*self.k, *self.v), (*old_k, *old_v)):
+            new[:, :, :n] = old[:, :, :n]
 
-    def put(self, layer: int, k: np.ndarray, v: np.ndarray):
-        """Store a layer's present K/V ([KVH, S, D], past included)."""
-        self._k[layer], self._v[layer] = k, v
+    def advance(self, slot: int, new_tokens: int):
+        self.lengths[slot] += new_tokens
 
-    def advance(self, new_tokens: int):
-        self.length += new_tokens
+    def ortvalues(self, layer: int, lo: int, hi: int):
+        """K and V of slots lo..hi-1 of a layer as onnxruntime values over the buffers (no copy)."""
+        key = (layer, lo, hi)
+        v = self._views.get(key)
+        if v is None:
+            v = self._views[key] = (ort.OrtValue.ortvalue_from_numpy(self.k[layer][lo:hi]),
+                                    ort.OrtValue.ortvalue_from_numpy(self.v[layer][lo:hi]))
+        return v
 
+    # ---- sizes ----
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in zip(self._k, self._v))
+        """Bytes of the buffers (reserved; pages become resident as they fill)."""
+        return sum(b.nbytes for b in (*self.k, *self.v))
+
+    def filled_bytes(self) -> int:
+        a = self.arch
+        return int(self.lengths.sum()) * KVCache.bytes_per_token(a, self.kv_dtype)
 
     @staticmethod
-    def bytes_for(arch: MoEArch, tokens: int) -> int:
-        """Bytes a full cache of ``tokens`` positions takes (float32 K and V, every layer)."""
-        return 2 * 4 * arch.num_layers * arch.num_kv_heads * arch.head_dim * tokens
+    def bytes_per_token(arch: MoEArch, kv_dtype: str = "f16") -> int:
+        """K and V of one position, every layer."""
+        return 2 * np.dtype(KV_NUMPY[check_kv_dtype(kv_dtype)]).itemsize * arch.num_layers \
+            * arch.num_kv_heads * arch.head_dim
+
+    @staticmethod
+    def bytes_for(arch: MoEArch, tokens: int, kv_dtype: str = "f16", slots: int = 1) -> int:
+        """Bytes a full cache of ``tokens`` positions in each of ``slots`` sequences takes."""
+        return KVCache.bytes_per_token(arch, kv_dtype) * tokens * slots

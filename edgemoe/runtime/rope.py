@@ -1,12 +1,9 @@
-"""Rotary tables and the causal mask the layer graphs take as inputs (computed once per step)."""
+"""Rotary tables the layer graphs take as inputs (computed once per step)."""
 from __future__ import annotations
 
 import numpy as np
 
 from edgemoe.arch import MoEArch
-
-MASKED = np.float32(np.finfo(np.float32).min)
-
 
 def rope_tables(arch: MoEArch, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """positions [T] -> cos, sin [T, R] in HF's cat(freqs, freqs) form (float32 math, as HF)."""
@@ -15,10 +12,3 @@ def rope_tables(arch: MoEArch, positions: np.ndarray) -> tuple[np.ndarray, np.nd
     freqs = positions.astype(np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
     return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
-
-
-def causal_mask(past: int, new: int) -> np.ndarray:
-    """[T, P+T] additive mask: query t (at position P+t) sees keys 0..P+t."""
-    keys = np.arange(past + new)[None, :]
-    queries = past + np.arange(new)[:, None]
-    return np.where(keys <= queries, np.float32(0), MASKED).astype(np.float32)

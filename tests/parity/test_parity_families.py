@@ -45,7 +45,7 @@ def test_float_experts_prefill_and_decode_match(family_model):
     rng = np.random.default_rng(1)
     ids = rng.integers(0, model.config.vocab_size, 32)
     ref = _hf_logits(model, ids)                       # [32, V], teacher forced, no cache
-    rt = Runtime(f32)
+    rt = Runtime(f32, kv_dtype="f32")   # the exact cache; f16 is the default
     got = [rt.forward(ids[:16])]                       # 16-token prefill
     for t in range(16, 32):                            # 16 decode steps through the KV cache
         got.append(rt.forward(ids[t:t + 1]))
@@ -60,7 +60,7 @@ def test_float_experts_greedy_tokens_identical(family_model):
     with torch.no_grad():
         hf = model.generate(torch.tensor(prompt[None]), max_new_tokens=32, do_sample=False,
                             min_new_tokens=32, eos_token_id=None, pad_token_id=0)[0, 8:].tolist()
-    ours = Runtime(f32).generate(prompt.tolist(), max_new_tokens=32, stop_at_eos=False).ids
+    ours = Runtime(f32, kv_dtype="f32").generate(prompt.tolist(), max_new_tokens=32, stop_at_eos=False).ids
     assert len(hf) == 32
     assert ours == hf
 

@@ -30,7 +30,7 @@ def _hf_logits(model, ids=IDS):
 
 def _check_parity(src, out, model):
     pkg = export(src, out, QuantSpec.float32())
-    got = Runtime(pkg).forward(IDS)
+    got = Runtime(pkg, kv_dtype="f32").forward(IDS)
     ref = _hf_logits(model)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= TOL

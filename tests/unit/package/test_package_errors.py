@@ -141,16 +141,25 @@ def test_missing_file(pkg_dir):
 # ---- foreign and future manifests ----
 
 def test_newer_format_is_incompatible(pkg_dir):
-    _edit_manifest(pkg_dir, lambda m: m.update({C.K_VERSION: "2.0"}))
+    _edit_manifest(pkg_dir, lambda m: m.update({C.K_VERSION: "3.0"}))
     with pytest.raises(IncompatiblePackageError, match="upgrade edgemoe"):
         Package(pkg_dir)
     line = _cli_error("inspect", pkg_dir)
-    assert "2.0" in line and "upgrade edgemoe" in line
+    assert "3.0" in line and "upgrade edgemoe" in line
     _cli_error("run", pkg_dir, "--prompt", "hi")
 
 
+def test_older_format_asks_for_a_re_export(pkg_dir):
+    """Format 1 layer graphs took the KV cache as an input and returned it grown by a copy."""
+    _edit_manifest(pkg_dir, lambda m: m.update({C.K_VERSION: "1.0"}))
+    with pytest.raises(IncompatiblePackageError, match="re-export"):
+        Package(pkg_dir)
+    line = _cli_error("inspect", pkg_dir)
+    assert "1.0" in line and "edgemoe export" in line
+
+
 def test_newer_minor_version_is_read(pkg_dir):
-    _edit_manifest(pkg_dir, lambda m: m.update({C.K_VERSION: "1.7"}))
+    _edit_manifest(pkg_dir, lambda m: m.update({C.K_VERSION: "2.7"}))
     assert Package(pkg_dir).arch.num_layers == 2
 
 
@@ -166,7 +175,7 @@ def test_newer_minor_version_is_read(pkg_dir):
     (lambda m: m[C.K_EXPERTS][0][C.K_RECORDS][0][C.K_LEVELS].pop(), ["layer 0 expert 0", "ladder"]),
     (lambda m: m[C.K_EXPERTS][0][C.K_RECORDS].pop(), ["(0, 3)"]),
     (lambda m: m[C.K_EXPERTS].append(m[C.K_EXPERTS][0]), ["twice"]),
-    (lambda m: m[C.K_GRAPHS][C.K_LAYERS].pop(), ["1 layer graphs for 2 layers"]),
+    (lambda m: m[C.K_GRAPHS][C.K_LAYERS]["f16"].pop(), ["1 layer graphs for 2 layers", "f16"]),
     (lambda m: m[C.K_EXPERTS][1][C.K_LEVELS][2].update({C.K_PREFIX: 4096}), ["record layout"]),
 ], ids=["format", "version", "no_graphs", "files_list", "no_length", "no_records", "offset_type",
         "offset_negative", "levels_short", "expert_missing", "expert_twice", "layers_short", "layout"])
