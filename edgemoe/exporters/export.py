@@ -181,6 +181,10 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
                          C.K_LAYERS: layer_paths},
             C.K_EXPERTS: expert_entries,
         }
+        from edgemoe.exporters.kv_calibration import calibrate_kv_scales
+        scales = calibrate_kv_scales(w.write_manifest(manifest))
+        w.write_bytes(C.KV_SCALES_FILE, scales)
+        manifest[C.K_KV_SCALES] = C.KV_SCALES_FILE
         tick("manifest")
         return w.commit(manifest)
 

@@ -41,6 +41,7 @@ GRAPHS_DIR = "graphs"
 EXPERTS_DIR = "experts"
 TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "records.bin"
+KV_SCALES_FILE = GRAPHS_DIR + "/kv_int8_scales.bin"
 
 
 def layer_graph_path(i: int, kv: str = "f32") -> str:

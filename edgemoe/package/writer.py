@@ -148,8 +148,9 @@ class PackageWriter:
     def record_file(self, rel: str) -> RecordFileWriter:
         return RecordFileWriter(self.path(rel))
 
-    def commit(self, manifest: dict) -> Path:
-        """Write the manifest last, fsync, and move the staged folder into place."""
+    def write_manifest(self, manifest: dict) -> Path:
+        """Write the manifest into the staging folder (which a reader can then open, e.g. for a
+        calibration run) without committing; ``commit`` writes it again, last."""
         manifest = dict(manifest)
         manifest[C.K_FILES] = dict(sorted(self.files.items()))
         mpath = self.stage / C.MANIFEST
@@ -157,6 +158,11 @@ class PackageWriter:
             yaml.safe_dump(manifest, f, sort_keys=False, width=120)
             f.flush()
             os.fsync(f.fileno())
+        return self.stage
+
+    def commit(self, manifest: dict) -> Path:
+        """Write the manifest last, fsync, and move the staged folder into place."""
+        self.write_manifest(manifest)
         old = None
         if self.out.exists():
             old = self.out.with_name(self.out.name + ".old")

@@ -378,6 +378,11 @@ class Runtime:
         experts, _ = route(x @ self._routers[nxt[0]], self.arch)
         return tuple((nxt[0], int(e)) for e in np.unique(experts))
 
+    def batch(self, prefill_chunk: int = PREFILL_CHUNK):
+        """A continuous batch over this runtime's ``max_batch`` KV slots (``runtime.batch.Batch``)."""
+        from edgemoe.runtime.batch import Batch
+        return Batch(self, prefill_chunk)
+
     # ---- text ----
     @property
     def tokenizer(self):

@@ -5,7 +5,8 @@
   cache allows, then the hottest climb a level, and so on; an expert computes at its target (the
   lowest level if it has none), or higher if it is already resident higher.
 - Loads: the chunks this layer needs, lowest chunk index first and, within a chunk index, hottest
-  expert first, so every needed expert becomes computable as early as possible.
+  expert first (most tokens routed to it in this step, then heat), so every needed expert becomes
+  computable as early as possible and the experts most of the batch waits on come first.
 - Compute: experts already resident first (they hide the first reads), then in the order their
   last needed chunk was queued: each runs as soon as its chunk lands while the next reads proceed.
 - Room: drop tail chunks of experts above their target first (no I/O), then evict the expert
@@ -53,7 +54,10 @@ class HEBF:
             want = {k: max(targets.get(k, 0) or view.ladder[0], 0) for k in keys}
             # already resident higher: compute there (no reads); never below its target
             want = {k: max(want[k], view.levels.get(k, 0)) for k in keys}
-        by_heat = self._heat_order(view, keys)
+        # hottest first: most rows routed to it in this step (a batch shares experts; at batch 1
+        # every count is 1), then heat over recent steps
+        count = {(req.layer, e): c for e, c in req.needed}
+        by_heat = sorted(keys, key=lambda k: (-count[k], -view.heat.get(k, 0.0), k))
         reads = {k: chunk_reads(k, view.levels.get(k, 0), want[k], view.ladder)
                  if view.levels.get(k, 0) < want[k] else [] for k in keys}
         loads = sorted((r for k in by_heat for r in reads[k]),

@@ -1,0 +1,149 @@
+"""Continuous batching over ``Runtime.step``: sequences join and leave between steps.
+
+Each sequence has its own KV cache slot, position and sampler. A step feeds every decoding sequence
+its last token and at most one prompt chunk of a joining sequence (chunked prefill beside the
+others' decode, so a long prompt never stalls them for more than a chunk and the step's activations
+stay within what the budget planned: one chunk plus one row per other sequence). A sequence leaves
+when it ends (EOS, its token limit) or is cancelled, and frees its slot at once.
+
+    batch = rt.batch()
+    a = batch.add(ids_a, max_new_tokens=32)
+    b = batch.add(ids_b, max_new_tokens=8, sampling=SamplingConfig(greedy=False, seed=1))
+    while batch.active:
+        for seq_id, token in batch.step():
+            ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgemoe.errors import ConfigError
+from edgemoe.runtime.budget import PREFILL_CHUNK
+from edgemoe.runtime.sampling import Sampler, SamplingConfig
+
+
+@dataclass
+class Sequence:
+    id: int
+    prompt: list[int]
+    max_new_tokens: int
+    sampler: Sampler
+    stop_at_eos: bool
+    slot: int
+    fed: int = 0                              # prompt tokens already in the KV cache
+    ids: list[int] = field(default_factory=list)   # generated
+    finish_reason: str | None = None          # "stop" (EOS), "length", "cancelled"
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt)
+
+
+class Batch:
+    """Sequences decoding together on one runtime (at most ``rt.max_batch`` at once)."""
+
+    def __init__(self, rt, prefill_chunk: int = PREFILL_CHUNK):
+        if prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.rt, self.prefill_chunk = rt, int(prefill_chunk)
+        self.seqs: dict[int, Sequence] = {}       # active, by id
+        self.finished: dict[int, Sequence] = {}
+        self._next_id = 0
+        rt.kv.lengths[:] = 0
+        rt.kv.used = 0                            # the batch owns every slot from now on
+
+    @property
+    def active(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def free_slots(self) -> int:
+        return self.rt.kv.slots - self.rt.kv.used
+
+    def add(self, prompt, max_new_tokens: int = 32, sampling: SamplingConfig | None = None,
+            stop_at_eos: bool = True) -> int:
+        """Join a sequence (its prefill starts at the next step); returns its id. Raises BudgetError
+        when every KV cache slot is taken."""
+        ids = self.rt.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if not ids:
+            raise ConfigError("the prompt is empty; give some text or token ids")
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        slot = self.rt.kv.acquire()
+        seq = Sequence(self._next_id, ids, int(max_new_tokens), Sampler(sampling or SamplingConfig()),
+                       stop_at_eos, slot)
+        self.seqs[seq.id] = seq
+        self._next_id += 1
+        return seq.id
+
+    def cancel(self, seq_id: int):
+        """Leave now (a client went away): the slot and its KV are freed at once."""
+        seq = self.seqs.get(seq_id)
+        if seq is not None:
+            self._finish(seq, "cancelled")
+
+    def _finish(self, seq: Sequence, reason: str):
+        seq.finish_reason = reason
+        del self.seqs[seq.id]
+        self.finished[seq.id] = seq
+        moved = self.rt.kv.release(seq.slot)
+        if moved is not None:          # the last slot's sequence moved into the freed one
+            for other in self.seqs.values():
+                if other.slot == moved:
+                    other.slot = seq.slot
+                    break
+
+    def step(self) -> list[tuple[int, int]]:
+        """One engine step; returns (sequence id, new token) for each token generated."""
+        if not self.seqs:
+            return []
+        feeds, owners, prefill = [], [], None
+        for seq in sorted(self.seqs.values(), key=lambda s: s.slot):
+            if seq.prefilling:
+                if prefill is None:   # one prompt chunk per step; other joiners wait their turn
+                    prefill = seq
+                    feeds.append((seq.slot, seq.prompt[seq.fed:seq.fed + self.prefill_chunk]))
+                    owners.append(seq)
+            else:
+                feeds.append((seq.slot, seq.ids[-1:]))
+                owners.append(seq)
+        logits = self.rt.step(feeds)
+        out = []
+        for seq, (_, fed), lg in zip(owners, feeds, logits):
+            if seq.prefilling:
+                seq.fed += len(fed)
+                if seq.prefilling:
+                    continue
+            tok = seq.sampler(lg[-1])
+            seq.ids.append(tok)
+            out.append((seq.id, tok))
+            if seq.stop_at_eos and tok in self.rt.arch.eos_token_ids:
+                self._finish(seq, "stop")
+            elif len(seq.ids) >= seq.max_new_tokens:
+                self._finish(seq, "length")
+        return out
+
+    def run(self) -> dict[int, list[int]]:
+        """Step until every sequence has finished; generated ids by sequence id."""
+        while self.seqs:
+            self.step()
+        return {i: s.ids for i, s in sorted(self.finished.items())}
+
+
+def generate_batch(rt, prompts, max_new_tokens: int = 32, sampling: SamplingConfig | None = None,
+                   stop_at_eos: bool = True) -> list[list[int]]:
+    """Generate for several prompts at once (at most ``rt.max_batch`` in flight; the rest join as
+    slots free up). Returns the generated ids of each prompt, in order."""
+    batch = Batch(rt)
+    pending = list(enumerate(prompts))
+    ids_of: dict[int, int] = {}
+    while pending or batch.active:
+        while pending and batch.free_slots:
+            j, p = pending.pop(0)
+            ids_of[batch.add(p, max_new_tokens, sampling, stop_at_eos)] = j
+        batch.step()
+    out: list = [None] * len(ids_of)
+    for sid, seq in batch.finished.items():
+        out[ids_of[sid]] = seq.ids
+    rt.kv.reset()
+    return out
