@@ -154,6 +154,10 @@ class _Level(click.ParamType):
 
 
 LEVEL = _Level()
+KV_DTYPE = click.option("--kv-dtype", default="f16", show_default=True,
+                        type=click.Choice(["f16", "f32", "int8"]),
+                        help="KV cache element type: f16 (half of f32's bytes), f32 (exact), int8 (a "
+                             "quarter; per-channel scales calibrated at export)")
 
 
 @main.command()
@@ -168,7 +172,8 @@ LEVEL = _Level()
 @click.option("--policy", default="hebf", show_default=True,
               type=click.Choice(["hebf", "lru", "lfu"]), help="expert scheduling policy (with --budget)")
 @click.option("--context", default=512, show_default=True, type=click.IntRange(1),
-              help="tokens of KV cache the budget reserves")
+              help="tokens of KV cache the budget reserves (without --budget the cache grows)")
+@KV_DTYPE
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="record the routing trace (JSON lines) here (with --budget)")
 @click.option("--greedy", is_flag=True, help="greedy decoding (default: sample)")
@@ -181,14 +186,14 @@ LEVEL = _Level()
               help="expert kernels (default: ort resident, planes under --budget; tvm needs "
                    "`edgemoe compile PKG --device host`; hls emulates the FPGA's integer path)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
-def run(package, prompt, max_new_tokens, level, budget, policy, context, trace, greedy, temperature,
-        top_k, top_p, seed, backend, as_json):
+def run(package, prompt, max_new_tokens, level, budget, policy, context, kv_dtype, trace, greedy,
+        temperature, top_k, top_p, seed, backend, as_json):
     """Generate text from PACKAGE, streaming tokens as they come."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.sampling import SamplingConfig
 
     rt = Runtime(package, level=level, backend=backend, budget=budget, policy=policy,
-                 context=context, trace=trace)
+                 context=context, trace=trace, kv_dtype=kv_dtype)
     sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed)
     try:
@@ -222,14 +227,15 @@ def run(package, prompt, max_new_tokens, level, budget, policy, context, trace, 
               help="tokens per window (each window starts a fresh KV cache)")
 @click.option("--max-tokens", default=None, type=click.IntRange(2), help="score only this many tokens")
 @click.option("--exact", is_flag=True, help="fp32 expert compute instead of int8 activations")
+@KV_DTYPE
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exact, as_json):
+def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exact, kv_dtype, as_json):
     """Perplexity and bits per byte of PACKAGE on a text file."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.evaluate import evaluate
 
     rt = Runtime(package, level=level, exact=exact, budget=budget, policy=policy,
-                 context=window)
+                 context=window, kv_dtype=kv_dtype)
     with open(text_file, encoding="utf-8", errors="replace") as f:
         text = f.read()
     bar = None if as_json else _bar("scoring")

@@ -1,0 +1,291 @@
+"""The engine at realistic shapes: decode cost against context length, batched decode, and the budget.
+
+    python benchmarks/engine_bench.py context [--layers 2]     # ms/token at positions 16 / 1500 / 3000
+    python benchmarks/engine_bench.py batch [--layers 2]       # tok/s and expert bytes per token, batch 1-16
+    python benchmarks/engine_bench.py sweep                    # peak RSS / budget on odd tiny shapes
+
+``context`` and ``batch`` export a synthetic checkpoint with OLMoE-1B-7B layer shapes (hidden 2048,
+64 experts of 1024, top-8, 16 heads = 16 KV heads, vocabulary 50304; random weights, the embedding
+redrawn at std 1 so routing varies per token: with std 0.02 every token picks nearly the same
+experts) once into ``bench_out/engine/``. ``sweep`` builds tiny transformers models of odd shapes and
+runs each budgeted configuration in a fresh process, measuring its peak RSS (VmHWM) above the
+baseline the runtime itself takes (libraries imported and started). Each prints a table and writes
+JSON to ``bench_out/engine_*.json``. One onnxruntime thread; medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench_out"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def cpu_info() -> dict:
+    flags = set()
+    model = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+    return {"model": model, "cores": os.cpu_count(), "features": sorted(f for f in keep if f in flags)}
+
+
+# ---------------------------------------------------------------- the realistic-shape package
+def olmoe_package(layers: int) -> Path:
+    """Export (once) a synthetic OLMoE-1B-7B-shaped checkpoint of ``layers`` layers, level ladder
+    2/4/8, float32 dense graphs."""
+    import export_scale as xs
+
+    d = OUT / "engine" / f"olmoe-{layers}l"
+    pkg = d / "pkg.edgemoe"
+    if (pkg / "manifest.yaml").exists():
+        return pkg
+    ckpt = d / "hf"
+    if not (ckpt / "config.json").exists():
+        if ckpt.exists():
+            import shutil
+            shutil.rmtree(ckpt)
+        print(f"writing a synthetic checkpoint ({layers} layers of OLMoE-1B-7B shapes) ...", flush=True)
+        xs.write_checkpoint(ckpt, layers, shard_mb=2000)
+        redraw_embedding(ckpt, std=1.0)
+    from edgemoe.exporters.export import export
+    from edgemoe.quant.spec import QuantSpec
+    print("exporting ...", flush=True)
+    t = time.time()
+    export(ckpt, pkg, QuantSpec())
+    print(f"exported in {time.time() - t:.0f} s", flush=True)
+    return pkg
+
+
+def redraw_embedding(ckpt: Path, std: float):
+    """Overwrite model.embed_tokens.weight in its shard with N(0, std) bf16 values (same bytes)."""
+    import export_scale as xs
+
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = ckpt / index["model.embed_tokens.weight"]
+    with open(shard, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        meta = json.loads(f.read(n))["model.embed_tokens.weight"]
+        begin, end = meta["data_offsets"]
+        rng = np.random.default_rng(1)
+        f.seek(8 + n + begin)
+        count = (end - begin) // 2
+        for s in range(0, count, 1 << 22):
+            k = min(1 << 22, count - s)
+            f.write(xs.to_bf16_bits(rng.standard_normal(k, dtype=np.float32) * std).tobytes())
+
+
+def _decode_ms(rt, steps: int, slot: int = 0) -> float:
+    ts, tok = [], 7
+    for _ in range(steps):
+        t = time.perf_counter()
+        tok = int(np.argmax(rt.forward([tok], slot=slot)[-1]))
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1e3)
+
+
+# ---------------------------------------------------------------- context
+def bench_context(args) -> dict:
+    from edgemoe.runtime.engine import Runtime
+
+    pkg = olmoe_package(args.layers)
+    positions = [16, 1500, 3000]
+    rows = []
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, 50304, max(positions)).tolist()
+    for kv in ("f16", "f32"):
+        rt = Runtime(pkg, level=args.level, kv_dtype=kv, context=max(positions) + 64)
+        ms, done = {}, 0
+        for p in positions:
+            while done < p:            # fill the cache to position p (chunks of 512)
+                n = min(512, p - done)
+                rt.forward(prompt[done:done + n])
+                done += n
+            ms[p] = _decode_ms(rt, args.steps)
+            done += args.steps
+            prompt_pos = done
+            assert prompt_pos == rt.kv.lengths[0]
+        rows.append({"kv": kv, "ms": ms, "ratio_3000_16": ms[3000] / ms[16], "plus_1500_ms": ms[1500] - ms[16],
+                     "kv_bytes_per_token": rt.kv.bytes_per_token(rt.arch, kv)})
+        rt.close()
+    print(f"\ncontext, OLMoE-1B-7B shapes x {args.layers} layers, level {args.level}, resident (ort), "
+          f"one thread, median of {args.steps} decode steps")
+    print("| KV | ms @16 | ms @1500 | ms @3000 | @3000 / @16 | +ms @1500 | KV bytes/token |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["ms"]
+        print(f"| {r['kv']} | {m[16]:.1f} | {m[1500]:.1f} | {m[3000]:.1f} | {r['ratio_3000_16']:.2f} | "
+              f"{r['plus_1500_ms']:+.1f} | {r['kv_bytes_per_token']:,} |")
+    return {"layers": args.layers, "level": args.level, "rows": rows}
+
+
+# ---------------------------------------------------------------- batch
+def bench_batch(args) -> dict:
+    from edgemoe.runtime.batch import Batch
+    from edgemoe.runtime.engine import Runtime
+
+    pkg = olmoe_package(args.layers)
+    rng = np.random.default_rng(0)
+    sizes = [int(b) for b in args.batches.split(",")]
+    prompts = [rng.integers(0, 50304, 16).tolist() for _ in range(max(sizes))]
+    rows = []
+    alone = {}
+    for budget in (None, "50%"):
+        for b in sizes:
+            kw = dict(level=args.level, max_batch=b, context=16 + args.tokens + 8)
+            if budget:
+                kw.update(budget=budget, backend=args.budget_backend)
+            rt = Runtime(pkg, **kw)
+            batch = Batch(rt)
+            for p in prompts[:b]:
+                batch.add(p, max_new_tokens=args.tokens, stop_at_eos=False)
+            while any(s.prefilling for s in batch.seqs.values()):
+                batch.step()
+            read0, t0, n0 = rt.stats()["expert_bytes_read"], time.perf_counter(), sum(len(s.ids) for s in batch.seqs.values())
+            while batch.active:
+                batch.step()
+            dt = time.perf_counter() - t0
+            gen = sum(len(s.ids) for s in batch.finished.values()) - n0
+            st = rt.stats()
+            row = {"budget": budget or "resident", "batch": b, "tok_s": gen / dt,
+                   "expert_bytes_per_token": (st["expert_bytes_read"] - read0) / gen,
+                   "hit_rate": st.get("hit_rate")}
+            ids = {s.id: s.ids for s in batch.finished.values()}
+            if b == 1:
+                alone[budget] = ids[0]
+            row["seq0_same_as_alone"] = ids[0] == alone[budget]
+            rows.append(row)
+            print(f"  {row}", flush=True)
+            rt.close()
+    print(f"\nbatched decode, OLMoE-1B-7B shapes x {args.layers} layers, level {args.level}, "
+          f"{args.tokens} tokens per sequence after a 16-token prompt, one thread")
+    print("| memory | batch | tok/s (sum) | expert MiB read / token | hit rate | seq 0 = alone |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        hr = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.0%}"
+        print(f"| {r['budget']} | {r['batch']} | {r['tok_s']:.1f} | {r['expert_bytes_per_token'] / 2**20:.2f} "
+              f"| {hr} | {r['seq0_same_as_alone']} |")
+    return {"layers": args.layers, "level": args.level, "rows": rows}
+
+
+# ---------------------------------------------------------------- budget sweep
+SWEEP = [  # family, overrides, prefill tokens, batch
+    ("mixtral", dict(hidden_size=96, intermediate_size=200, num_local_experts=4, num_experts_per_tok=1,
+                     num_attention_heads=6, num_key_value_heads=2), 64, 1),
+    ("mixtral", dict(hidden_size=520, intermediate_size=1400, num_local_experts=16, num_experts_per_tok=2,
+                     num_attention_heads=8, num_key_value_heads=4), 200, 1),
+    ("qwen2_moe", dict(hidden_size=392, moe_intermediate_size=300, shared_expert_intermediate_size=600,
+                       num_experts=32, num_experts_per_tok=4, intermediate_size=600, num_attention_heads=7,
+                       num_key_value_heads=7), 512, 1),
+    ("olmoe", dict(hidden_size=1032, intermediate_size=520, num_experts=64, num_experts_per_tok=8,
+                   num_attention_heads=12, num_key_value_heads=12), 200, 4),
+    ("qwen2_moe", dict(hidden_size=2048, moe_intermediate_size=768, shared_expert_intermediate_size=256,
+                       num_experts=32, num_experts_per_tok=8, intermediate_size=768, num_attention_heads=16,
+                       num_key_value_heads=4), 128, 8),
+    ("mixtral", dict(hidden_size=768, intermediate_size=1000, num_local_experts=8, num_experts_per_tok=2,
+                     num_attention_heads=12, num_key_value_heads=4), 1, 8),
+]
+
+CHILD = r"""
+import json, sys, numpy as np
+from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes, start_libraries
+pin_malloc_mmap_threshold(); start_libraries()
+from edgemoe.runtime.engine import Runtime
+from edgemoe.runtime.batch import Batch
+pkg, prefill, batch, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+base = rss_bytes()
+rt = Runtime(pkg, level=8, budget=budget, context=prefill + 8, max_batch=batch)
+b = Batch(rt)
+rng = np.random.default_rng(0)
+for i in range(batch):
+    b.add(rng.integers(0, rt.arch.vocab_size, prefill).tolist(), max_new_tokens=4, stop_at_eos=False)
+b.run()
+peak = rss_bytes("VmHWM")
+print(json.dumps({"base": base, "peak": peak, "budget": rt.budget_plan.budget, "plan": rt.budget_plan.to_dict()}))
+"""
+
+
+def bench_sweep(args) -> dict:
+    sys.path.insert(0, str(REPO / "tests"))
+    import tiny_models
+    from edgemoe.exporters.export import export
+
+    rows = []
+    d = OUT / "engine" / "sweep"
+    for j, (fam, over, prefill, batch) in enumerate(SWEEP):
+        pkg = d / f"{j}-{fam}.edgemoe"
+        if not (pkg / "manifest.yaml").exists():
+            tiny_models.build(fam, d / f"{j}-{fam}-hf", num_hidden_layers=2, vocab_size=1000,
+                              max_position_embeddings=4096, **over)
+            export(d / f"{j}-{fam}-hf", pkg)
+        for budget in args.budgets.split(","):
+            p = subprocess.run([sys.executable, "-c", CHILD, str(pkg), str(prefill), str(batch), budget],
+                               capture_output=True, text=True)
+            if p.returncode:
+                print(p.stderr[-2000:])
+                rows.append({"config": j, "family": fam, "budget": budget, "error": p.stderr.strip().splitlines()[-1]})
+                continue
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            ratio = (r["peak"] - r["base"]) / r["budget"]
+            rows.append({"config": j, "family": fam, "hidden": over["hidden_size"], "prefill": prefill,
+                         "batch": batch, "budget": budget, "budget_bytes": r["budget"],
+                         "above_baseline": r["peak"] - r["base"], "ratio": ratio, "plan": r["plan"]})
+            print(f"  {rows[-1]['family']} h{rows[-1]['hidden']} prefill {prefill} batch {batch} {budget}: "
+                  f"{ratio:.3f}", flush=True)
+    print("\nbudget sweep: peak RSS above the runtime's baseline / budget (level 8, fresh process each)")
+    print("| # | family | hidden | prefill | batch | budget | budget MiB | peak above baseline MiB | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['config']} | {r['family']} | | | | {r['budget']} | | error: {r['error'][:60]} | |")
+            continue
+        print(f"| {r['config']} | {r['family']} | {r['hidden']} | {r['prefill']} | {r['batch']} | {r['budget']} | "
+              f"{r['budget_bytes'] / 2**20:.1f} | {r['above_baseline'] / 2**20:.1f} | {r['ratio']:.3f} |")
+    return {"rows": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("context")
+    c.add_argument("--layers", type=int, default=2)
+    c.add_argument("--level", type=int, default=8)
+    c.add_argument("--steps", type=int, default=16)
+    b = sub.add_parser("batch")
+    b.add_argument("--layers", type=int, default=2)
+    b.add_argument("--level", type=int, default=8)
+    b.add_argument("--tokens", type=int, default=16)
+    b.add_argument("--batches", default="1,2,4,8,16")
+    b.add_argument("--budget-backend", default=None)
+    s = sub.add_parser("sweep")
+    s.add_argument("--budgets", default="50%")
+    args = ap.parse_args()
+    info = cpu_info()
+    print(f"CPU: {info['model']}, {info['cores']} cores, {' '.join(info['features'])}")
+    res = {"context": bench_context, "batch": bench_batch, "sweep": bench_sweep}[args.what](args)
+    res["cpu"] = info
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"engine_{args.what}.json"
+    path.write_text(json.dumps(res, indent=2, default=str))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
