@@ -240,7 +240,7 @@ class Package:
                 raise CorruptRecordError(f"{rel} does not match its sha256: corrupt; re-copy the package")
             n += meta[C.K_LENGTH]
         if experts:
-            from edgemoe.runtime.expert_store import ExpertStore
+            from edgemoe.package.record_store import ExpertStore
             store = ExpertStore(self)
             for key in sorted(self.experts):
                 n += len(store.read(*key, self.quant.top_bits))

@@ -22,7 +22,7 @@ from edgemoe.errors import BudgetError, ConfigError, PackageError
 from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import DEFAULT_KV_DTYPE, DENSE_OUTPUTS, KV_OUTPUTS, MOE_OUTPUTS
 from edgemoe.runtime.events import Event
-from edgemoe.runtime.expert_store import ExpertStore
+from edgemoe.package.record_store import ExpertStore
 from edgemoe.runtime.budget import PREFILL_CHUNK, fmt_size, plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
 from edgemoe.runtime.kv_cache import KVCache, check_kv_dtype

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from edgemoe.errors import PackageError
 from edgemoe.package.reader import Package
 from edgemoe.runtime.events import Event
-from edgemoe.runtime.expert_store import check_chunk
+from edgemoe.package.record_store import check_chunk
 
 
 def aligned_buffer(n: int) -> mmap.mmap:

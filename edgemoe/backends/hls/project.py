@@ -249,7 +249,7 @@ def write_project(pkg, out: Path, device: str, layer: int = 0, expert: int = 0, 
     if part is None:
         raise ConfigError(f"no FPGA part known for device {device!r}; known: {', '.join(PARTS)} "
                           f"(or give the part in the device profile's targets.hls_part)")
-    from edgemoe.runtime.expert_store import ExpertStore
+    from edgemoe.package.record_store import ExpertStore
 
     layout, spec = pkg.layout, pkg.quant
     out = Path(out)

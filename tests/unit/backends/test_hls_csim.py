@@ -16,7 +16,7 @@ from edgemoe.errors import ConfigError, EdgeMoEError
 from edgemoe.exporters.export import export
 from edgemoe.package.reader import Package
 from edgemoe.quant.record import record_views
-from edgemoe.runtime.expert_store import ExpertStore
+from edgemoe.package.record_store import ExpertStore
 
 INT_PATH_TOLERANCE = 0.03   # relative, int8 activations + 1024-entry sigmoid table (measured ~1.2%)
 

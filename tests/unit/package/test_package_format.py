@@ -26,7 +26,7 @@ from edgemoe.package import constants as C  # noqa: E402
 from edgemoe.package.reader import Package  # noqa: E402
 from edgemoe.quant.record import decode_record  # noqa: E402
 from edgemoe.quant.spec import QuantSpec  # noqa: E402
-from edgemoe.runtime.expert_store import ExpertStore  # noqa: E402
+from edgemoe.package.record_store import ExpertStore  # noqa: E402
 
 LEVELS = (2, 4, 8)
 

@@ -140,6 +140,6 @@ def test_runtime_runs_with_torch_and_transformers_blocked(package, tmp_path):
     assert len(out["ref"]) == 4
     assert out["family"] == "mixtral"
     assert not out["torch_loaded"]
-    for m in ("edgemoe.runtime.engine", "edgemoe.runtime.expert_store", "edgemoe.backends.ort.backend",
+    for m in ("edgemoe.runtime.engine", "edgemoe.package.record_store", "edgemoe.backends.ort.backend",
               "edgemoe.backends.reference.backend", "edgemoe.package.writer", "edgemoe.cli"):
         assert m in out["imported"]

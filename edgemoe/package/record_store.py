@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from edgemoe.errors import CorruptRecordError
-from edgemoe.package.reader import Package
+from edgemoe.package.reader import Package  # noqa: F401  (type of ExpertStore.pkg)
 
 
 def check_chunk(entry, chunk, data, got: int, layer: int, expert: int, verify: bool = True) -> None:
