@@ -190,7 +190,7 @@ SWEEP = [  # family, overrides, prefill tokens, batch
     ("mixtral", dict(hidden_size=96, intermediate_size=200, num_local_experts=4, num_experts_per_tok=1,
                      num_attention_heads=6, num_key_value_heads=2), 64, 1),
     ("mixtral", dict(hidden_size=520, intermediate_size=1400, num_local_experts=16, num_experts_per_tok=2,
-                     num_attention_heads=8, num_key_value_heads=4), 200, 1),
+                     num_attention_heads=10, num_key_value_heads=5), 200, 1),
     ("qwen2_moe", dict(hidden_size=392, moe_intermediate_size=300, shared_expert_intermediate_size=600,
                        num_experts=32, num_experts_per_tok=4, intermediate_size=600, num_attention_heads=7,
                        num_key_value_heads=7), 512, 1),

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
-from edgemoe.package.graph_io import ROUTER_WEIGHT
+from edgemoe.package.graph_io import ROUTER_WEIGHT, kv_head_dim
 from edgemoe.package.onnx_util import MS_DOMAIN, ExternalData, GraphBuilder, RowBlocks
 from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int8_groups
 
@@ -117,7 +117,7 @@ def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str) -> str
     [B, S, NH*D]. onnxruntime's GroupQueryAttention appends k/v at each sequence's position
     (``seqlens_k``) into past_k/past_v, which the runtime binds to the same buffer as the present
     outputs, so no step copies the past; causal over each sequence's own length."""
-    kvh, d = arch.num_kv_heads, arch.head_dim
+    kvh, d = arch.num_kv_heads, kv_head_dim(arch.head_dim)
     elem = _KV_ELEM[kv]
     b.input("past_k", elem, ["B", kvh, "M", d])
     b.input("past_v", elem, ["B", kvh, "M", d])
@@ -154,8 +154,20 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, 
     if arch.qk_norm == "per_head":      # Qwen3: RMSNorm over head_dim
         q = _norm(b, q, arch, w["q_norm"], None)
         k = _norm(b, k, arch, w["k_norm"], None)
-    q, k = _merge_heads(b, _rope(b, q, arch), nh, d), _merge_heads(b, _rope(b, k, arch), kvh, d)
-    ctx = _gqa(b, q, k, v, arch, kv)                                       # [B, S, NH*D]
+    q, k = _rope(b, q, arch), _rope(b, k, arch)
+    dc = kv_head_dim(d)
+    if dc == d:
+        q, k = _merge_heads(b, q, nh, d), _merge_heads(b, k, kvh, d)
+        ctx = _gqa(b, q, k, v, arch, kv)                                   # [B, S, NH*D]
+    else:
+        # onnxruntime's kernel takes head sizes in multiples of 8: zero dims leave q.k unchanged
+        # and give zero outputs, cut off again (the scale stays 1/sqrt(D), passed explicitly)
+        pad = b.const(_i64(0, 0, 0, 0, 0, 0, 0, dc - d))
+        q, k, v = (_merge_heads(b, b.op("Pad", t, pad), n, dc) for t, n in
+                   ((q, nh), (k, kvh), (_split_heads(b, v, kvh, d), kvh)))
+        ctx = _split_heads(b, _gqa(b, q, k, v, arch, kv), nh, dc)          # [B, S, NH, Dc]
+        ctx = b.op("Slice", ctx, b.const(_i64(0)), b.const(_i64(d)), b.const(_i64(3)))
+        ctx = _merge_heads(b, ctx, nh, d)
     return _linear(b, ctx, w["o"], w.get("o_bias"), dq=dq)
 
 

@@ -12,6 +12,12 @@ KV_OUTPUTS = ("present_k", "present_v")
 # KV cache element types a layer graph comes in (one small graph file per type, one weights file)
 KV_DTYPES = ("f16", "f32", "int8")
 DEFAULT_KV_DTYPE = "f16"
+
+
+def kv_head_dim(head_dim: int) -> int:
+    """The KV cache's head size: onnxruntime's GroupQueryAttention takes multiples of 8, so other
+    head sizes are zero-padded to the next one."""
+    return -(-int(head_dim) // 8) * 8
 ROUTER_WEIGHT = "router_weight"   # initializer [H, E] of a MoE layer graph (read for prefetch)
 
 

@@ -219,7 +219,8 @@ class Package:
         self.check_file(self.kv_scales_file)
         a = self.arch
         raw = np.frombuffer(self.read_file(self.kv_scales_file), dtype="<f4")
-        want = a.num_layers * 2 * a.num_kv_heads * a.head_dim
+        from edgemoe.package.graph_io import kv_head_dim
+        want = a.num_layers * 2 * a.num_kv_heads * kv_head_dim(a.head_dim)
         if raw.size != want:
             raise PackageError(f"{self.kv_scales_file} in {self.root} holds {raw.size} scales, "
                                f"expected {want}; re-export the package")

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from edgemoe.arch import MoEArch
 from edgemoe.errors import BudgetError, ConfigError
-from edgemoe.package.graph_io import KV_DTYPES
+from edgemoe.package.graph_io import KV_DTYPES, kv_head_dim
 
 KV_NUMPY = {"f16": np.float16, "f32": np.float32, "int8": np.int8}
 GROW_FROM = 256          # tokens a growable cache starts with; it doubles when a sequence needs more
@@ -45,7 +45,7 @@ class KVCache:
 
     def _alloc(self, capacity: int):
         a = self.arch
-        shape = (self.slots, a.num_kv_heads, capacity, a.head_dim)
+        shape = (self.slots, a.num_kv_heads, capacity, kv_head_dim(a.head_dim))
         # np.zeros maps untouched pages: memory becomes resident as positions fill
         self.k = [np.zeros(shape, self.dtype) for _ in range(a.num_layers)]
         self.v = [np.zeros(shape, self.dtype) for _ in range(a.num_layers)]
@@ -128,7 +128,7 @@ class KVCache:
     def bytes_per_token(arch: MoEArch, kv_dtype: str = "f16") -> int:
         """K and V of one position, every layer."""
         return 2 * np.dtype(KV_NUMPY[check_kv_dtype(kv_dtype)]).itemsize * arch.num_layers \
-            * arch.num_kv_heads * arch.head_dim
+            * arch.num_kv_heads * kv_head_dim(arch.head_dim)
 
     @staticmethod
     def bytes_for(arch: MoEArch, tokens: int, kv_dtype: str = "f16", slots: int = 1) -> int:

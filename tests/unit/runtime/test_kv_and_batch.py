@@ -165,3 +165,19 @@ def test_generate_batch_matches_generate(pkgs):
     got = generate_batch(rt, PROMPTS, max_new_tokens=5, stop_at_eos=False)
     for p, ids in zip(PROMPTS, got):
         assert ids == Runtime(q).generate(p, max_new_tokens=5, stop_at_eos=False).ids
+
+
+def test_head_size_not_a_multiple_of_8_matches_transformers(tmp_path):
+    """onnxruntime's attention kernel takes head sizes in multiples of 8; others are zero-padded in
+    the graph (head_dim 12 here: the cache holds 16 per head)."""
+    import torch
+    model = tiny_models.build("mixtral", tmp_path / "hf", hidden_size=60, num_attention_heads=5,
+                              num_key_value_heads=5)
+    pkg = export(tmp_path / "hf", tmp_path / "m.edgemoe", QuantSpec.float32())
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, 20)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids[None])).logits[0].numpy()
+    rt = Runtime(pkg, kv_dtype="f32")
+    got = np.concatenate([rt.forward(ids[:12])] + [rt.forward(ids[t:t + 1]) for t in range(12, 20)])
+    assert rt.kv.k[0].shape[-1] == 16
+    assert np.abs(got - ref).max() <= 1e-4
