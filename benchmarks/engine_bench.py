@@ -209,16 +209,19 @@ from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes, start_l
 pin_malloc_mmap_threshold(); start_libraries()
 from edgemoe.runtime.engine import Runtime
 from edgemoe.runtime.batch import Batch
-pkg, prefill, batch, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+pkg, prefill, batch, budget, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+rng = np.random.default_rng(0)      # numpy.random's import (~2 MiB) is this script's, not the runtime's
+prompts = [rng.integers(0, vocab, prefill).tolist() for _ in range(batch)]
 base = rss_bytes()
 rt = Runtime(pkg, level=8, budget=budget, context=prefill + 8, max_batch=batch)
+fixed = rss_bytes() - base
 b = Batch(rt)
-rng = np.random.default_rng(0)
-for i in range(batch):
-    b.add(rng.integers(0, rt.arch.vocab_size, prefill).tolist(), max_new_tokens=4, stop_at_eos=False)
+for p in prompts:
+    b.add(p, max_new_tokens=4, stop_at_eos=False)
 b.run()
 peak = rss_bytes("VmHWM")
-print(json.dumps({"base": base, "peak": peak, "budget": rt.budget_plan.budget, "plan": rt.budget_plan.to_dict()}))
+print(json.dumps({"base": base, "peak": peak, "fixed_measured": fixed, "budget": rt.budget_plan.budget,
+                  "plan": rt.budget_plan.to_dict()}))
 """
 
 
@@ -236,7 +239,7 @@ def bench_sweep(args) -> dict:
                               max_position_embeddings=4096, **over)
             export(d / f"{j}-{fam}-hf", pkg)
         for budget in args.budgets.split(","):
-            p = subprocess.run([sys.executable, "-c", CHILD, str(pkg), str(prefill), str(batch), budget],
+            p = subprocess.run([sys.executable, "-c", CHILD, str(pkg), str(prefill), str(batch), budget, "1000"],
                                capture_output=True, text=True)
             if p.returncode:
                 print(p.stderr[-2000:])

@@ -76,7 +76,7 @@ PREFILL_CHUNK = 128   # tokens per prefill pass under a budget (bounds the activ
 
 def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = PREFILL_CHUNK,
                 level: int | None = None, measured_fixed: int = 0, kv_dtype: str = "f16",
-                batch: int = 1) -> BudgetPlan:
+                batch: int = 1, measured_work: int = 0) -> BudgetPlan:
     """Split ``budget`` into its parts.
 
     ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
@@ -85,13 +85,15 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     exceed 25% of the package.) ``measured_fixed``: the resident memory the runtime measured while
     loading the dense sessions and the tokenizer; it replaces the dense estimate when larger.
     ``batch`` sequences of ``context`` tokens each get their KV cache of ``kv_dtype`` reserved.
+    ``measured_work``: the transient peak the runtime measured above that over a warm-up step of
+    the largest planned shape; it replaces the work estimate when larger.
     """
     a = pkg.arch
     n_sessions = a.num_layers + 2
     dense = max(pkg.dense_bytes() + n_sessions * ORT_SESSION_OVERHEAD, int(measured_fixed))
     kv = KVCache.bytes_for(a, context, kv_dtype, slots=batch)
     # a step carries one prefill chunk beside the other sequences' decode tokens
-    work = work_bytes(pkg, min(prefill_chunk, context) + batch - 1, context)
+    work = max(work_bytes(pkg, min(prefill_chunk, context) + batch - 1, context), int(measured_work))
     fixed = dense + kv + work
     if isinstance(budget, str) and budget.strip().endswith("%"):
         total = fixed + parse_size(budget, reference=pkg.level_bytes(pkg.quant.top_bits))

@@ -26,7 +26,7 @@ from edgemoe.package.record_store import ExpertStore
 from edgemoe.runtime.budget import PREFILL_CHUNK, fmt_size, plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
 from edgemoe.runtime.kv_cache import KVCache, check_kv_dtype
-from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes, start_libraries
+from edgemoe.runtime.memory import pin_malloc_mmap_threshold, reset_peak_rss, rss_bytes, start_libraries
 from edgemoe.runtime.rope import rope_tables
 from edgemoe.runtime.routing import route
 from edgemoe.runtime.sampling import Sampler, SamplingConfig
@@ -119,6 +119,7 @@ class Runtime:
         if budget is not None:
             pin_malloc_mmap_threshold()
             start_libraries()   # their start-up is the process's baseline, not this model's memory
+        reset_peak_rss()
         rss0 = rss_bytes()
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
@@ -164,11 +165,17 @@ class Runtime:
             self.backend.prepare(self.pkg)    # load its kernel library now: a measured fixed cost
         if self.pkg.tokenizer_file is not None:
             self.tokenizer  # noqa: B018  (load it now so its memory is measured as fixed)
-        self._warm_dense()   # onnxruntime's first-run allocations are fixed costs: measure them
+        # one step of the largest shape the budget plans for (a prefill chunk beside the other
+        # sequences' decode, late in the context) through the dense graphs and one expert: what it
+        # leaves resident (sessions, heap) and its transient peak are measured, not estimated
+        warm = min(PREFILL_CHUNK, context) + max_batch - 1
+        self._warm_dense(warm, context)
+        self._warm_experts(io_threads, direct_io, warm)
         measured = rss_bytes() - rss0 if rss0 else 0
+        transient = max(rss_bytes("VmHWM") - rss0 - measured, 0) if rss0 else 0
         self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level,
-                                       measured_fixed=measured, kv_dtype=self.kv_dtype,
-                                       batch=self.max_batch)
+                                       measured_fixed=measured, measured_work=transient,
+                                       kv_dtype=self.kv_dtype, batch=self.max_batch)
         if trace is not None:
             from edgemoe.runtime.trace import TraceWriter
             self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
@@ -189,13 +196,37 @@ class Runtime:
             except KeyError:       # exported before routers were named: run without prefetch
                 self._routers = {}
 
-    def _warm_dense(self):
-        """One token through the dense graphs (experts skipped) in slot 0, then forget it."""
-        hidden = self._embed.run(None, {"ids": np.zeros(1, dtype=np.int64)})[0]
+    def _warm_dense(self, tokens: int = 1, context: int = 1):
+        """``tokens`` tokens through the dense graphs (experts skipped) in slot 0 at the end of a
+        ``context``-token cache (attention's buffers at their largest), then forget them."""
+        tokens, context = min(tokens, context, self.kv.capacity), min(context, self.kv.capacity)
+        hidden = self._embed.run(None, {"ids": np.zeros(tokens, dtype=np.int64)})[0]
+        pos = np.arange(context - tokens, context)[None]
         for i in range(self.arch.num_layers):
-            hidden = self._run_layer(i, 0, 1, hidden[None], np.zeros((1, 1), np.int64))[0][0]
+            hidden = self._run_layer(i, 0, 1, hidden[None], pos)[0][0]
         self._head.run(None, {"hidden": hidden})
         self.kv.lengths[:] = 0
+
+    def _warm_experts(self, io_threads: int, direct_io: bool, rows: int = 1):
+        """The first pass through the expert path maps code and buffers once per process (numpy's
+        unique and sort, the I/O threads and their malloc arenas, the backend's kernels and
+        scratch: measured 3 MiB on a tiny model, which at a 5 MiB budget was most of the overrun):
+        run it once now (one lowest-level expert read per I/O thread, one run on ``rows`` rows), so
+        the fixed part counts it."""
+        from edgemoe.runtime.loader import Loader
+        a, bits = self.arch, self.pkg.quant.ladder[0]
+        experts, _ = route(np.zeros((rows, a.num_experts), np.float32), a)
+        np.unique(experts, return_counts=True)
+        np.unique(experts)      # numpy 2's hash-table path (1.3 MiB on first use), unlike the above
+        keys = sorted(self.pkg.experts)[:max(io_threads, 1)]
+        loader = Loader(self.pkg, threads=io_threads, direct=direct_io)
+        try:
+            chunks = [f.result() for f in [loader.submit(*k, 0) for k in keys]]
+            handle = self.backend.load(self.pkg, *keys[0], bits, chunks[:1])
+            self.backend.run(handle, np.zeros((rows, a.hidden_size), np.float32))
+            del handle, chunks
+        finally:
+            loader.close()
 
     @property
     def package_id(self) -> str:
