@@ -62,13 +62,18 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def convert(llama_dir: Path, out: Path, outtype: str) -> Path:
-    """The demo checkpoint -> GGUF with llama.cpp's converter (needs transformers, torch, gguf)."""
+def convert(llama_dir: Path, out: Path, outtype: str, checkpoint: Path = ASSET) -> Path:
+    """A checkpoint (default: the demo's) -> GGUF with llama.cpp's converter (needs transformers,
+    torch, gguf). A checkpoint without a tokenizer (the synthetic ones of the benchmarks) borrows
+    the demo's byte-level BPE; the converter pads its vocabulary to the model's with [PAD] tokens."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "tiny-moe"
+        src = Path(tmp) / "ckpt"
         src.mkdir()
-        for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
-            shutil.copy(ASSET / f, src / f)
+        for f in Path(checkpoint).iterdir():
+            if f.suffix in (".json", ".safetensors") and f.name != "tokenizer_config.json":
+                os.symlink(f.resolve(), src / f.name)
+        if not (src / "tokenizer.json").exists():
+            os.symlink(ASSET / "tokenizer.json", src / "tokenizer.json")
         (src / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
         script = Path(tmp) / "convert.py"
         script.write_text(_CONVERT)

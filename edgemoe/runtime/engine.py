@@ -215,7 +215,8 @@ class Runtime:
         the fixed part counts it."""
         from edgemoe.runtime.loader import Loader
         a, bits = self.arch, self.pkg.quant.ladder[0]
-        experts, _ = route(np.zeros((rows, a.num_experts), np.float32), a)
+        logits = np.linspace(-1, 1, rows * a.num_experts, dtype=np.float32).reshape(rows, -1)
+        experts, _ = route(logits, a)
         np.unique(experts, return_counts=True)
         np.unique(experts)      # numpy 2's hash-table path (1.3 MiB on first use), unlike the above
         keys = sorted(self.pkg.experts)[:max(io_threads, 1)]
