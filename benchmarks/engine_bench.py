@@ -2,6 +2,7 @@
 
     python benchmarks/engine_bench.py context [--layers 2]     # ms/token at positions 16 / 1500 / 3000
     python benchmarks/engine_bench.py batch [--layers 2]       # tok/s and expert bytes per token, batch 1-16
+    python benchmarks/engine_bench.py policies                 # hebf / lru / lfu / belady on batch traces
     python benchmarks/engine_bench.py sweep                    # peak RSS / budget on odd tiny shapes
 
 ``context`` and ``batch`` export a synthetic checkpoint with OLMoE-1B-7B layer shapes (hidden 2048,
@@ -103,13 +104,14 @@ def _decode_ms(rt, steps: int, slot: int = 0) -> float:
 
 # ---------------------------------------------------------------- context
 def bench_context(args) -> dict:
+    from edgemoe.package.reader import Package
     from edgemoe.runtime.engine import Runtime
 
-    pkg = olmoe_package(args.layers)
+    pkg = olmoe_package(args.layers) if args.model == "olmoe" else tiny_kv10_package()
     positions = [16, 1500, 3000]
     rows = []
     rng = np.random.default_rng(0)
-    prompt = rng.integers(0, 50304, max(positions)).tolist()
+    prompt = rng.integers(0, Package(pkg).arch.vocab_size, max(positions)).tolist()
     for kv in ("f16", "f32"):
         rt = Runtime(pkg, level=args.level, kv_dtype=kv, context=max(positions) + 64)
         ms, done = {}, 0
@@ -125,15 +127,47 @@ def bench_context(args) -> dict:
         rows.append({"kv": kv, "ms": ms, "ratio_3000_16": ms[3000] / ms[16], "plus_1500_ms": ms[1500] - ms[16],
                      "kv_bytes_per_token": rt.kv.bytes_per_token(rt.arch, kv)})
         rt.close()
-    print(f"\ncontext, OLMoE-1B-7B shapes x {args.layers} layers, level {args.level}, resident (ort), "
-          f"one thread, median of {args.steps} decode steps")
+    llama = llama_context(args, positions) if args.llama_bench else None
+    name = f"OLMoE-1B-7B shapes x {args.layers} layers" if args.model == "olmoe" else TINY_KV10_NAME
+    print(f"\ncontext, {name}, level {args.level}, resident (ort), one thread, median of {args.steps} "
+          f"decode steps")
     print("| KV | ms @16 | ms @1500 | ms @3000 | @3000 / @16 | +ms @1500 | KV bytes/token |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["ms"]
         print(f"| {r['kv']} | {m[16]:.1f} | {m[1500]:.1f} | {m[3000]:.1f} | {r['ratio_3000_16']:.2f} | "
               f"{r['plus_1500_ms']:+.1f} | {r['kv_bytes_per_token']:,} |")
-    return {"layers": args.layers, "level": args.level, "rows": rows}
+    if llama:
+        m = llama["ms"]
+        print(f"| llama.cpp {llama['gguf']} (f16 cache) | {m[16]:.1f} | {m[1500]:.1f} | {m[3000]:.1f} | "
+              f"{m[3000] / m[16]:.2f} | {m[1500] - m[16]:+.1f} | |")
+    return {"model": args.model, "layers": args.layers, "level": args.level, "rows": rows, "llama": llama}
+
+
+TINY_KV10_NAME = "a small Mixtral (hidden 640, 10 heads = 10 KV heads, 4 layers, 8 experts of 1024, top-2)"
+
+
+def tiny_kv10_package() -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    import tiny_models
+    from edgemoe.exporters.export import export
+
+    d = OUT / "engine" / "tiny-kv10"
+    pkg = d / "pkg.edgemoe"
+    if not (pkg / "manifest.yaml").exists():
+        tiny_models.build("mixtral", d / "hf", hidden_size=640, num_attention_heads=10, num_key_value_heads=10,
+                          num_hidden_layers=4, intermediate_size=1024, num_local_experts=8,
+                          vocab_size=4096, max_position_embeddings=4096)
+        export(d / "hf", pkg)
+    return pkg
+
+
+def llama_context(args, positions) -> dict:
+    """llama-bench's decode at the same context depths (its KV cache: f16, in place)."""
+    p = subprocess.run([args.llama_bench, "-m", args.gguf, "-p", "0", "-n", str(args.steps), "-d",
+                        ",".join(map(str, positions)), "-t", "1", "-r", "3", "-o", "json"],
+                       capture_output=True, text=True, check=True)
+    return {"gguf": Path(args.gguf).name, "ms": {int(r["n_depth"]): 1000 / r["avg_ts"] for r in json.loads(p.stdout)}}
 
 
 # ---------------------------------------------------------------- batch
@@ -183,6 +217,57 @@ def bench_batch(args) -> dict:
         print(f"| {r['budget']} | {r['batch']} | {r['tok_s']:.1f} | {r['expert_bytes_per_token'] / 2**20:.2f} "
               f"| {hr} | {r['seq0_same_as_alone']} |")
     return {"layers": args.layers, "level": args.level, "rows": rows}
+
+
+# ---------------------------------------------------------------- policies on batch traces
+def bench_policies(args) -> dict:
+    """Record the routing of a batch under a budget (hebf, level 8), then replay it through every
+    policy with the same cache: expert bytes read per step, against belady's offline optimum."""
+    from edgemoe.runtime.batch import Batch
+    from edgemoe.runtime.engine import Runtime
+    from edgemoe.runtime.trace import accesses, read_trace
+    from edgemoe.schedulers import make_policy
+    from edgemoe.schedulers.replay import replay, steps_from_trace
+
+    pkg = olmoe_package(args.layers)
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in [int(x) for x in args.batches.split(",")]:
+        path = OUT / "engine" / f"trace-b{b}.jsonl"
+        rt = Runtime(pkg, level=8, budget=args.budget, max_batch=b, context=16 + args.tokens + 8,
+                     trace=path)
+        batch = Batch(rt)
+        for _ in range(b):
+            batch.add(rng.integers(0, 50304, 16).tolist(), max_new_tokens=args.tokens, stop_at_eos=False)
+        batch.run()
+        capacity, live = rt.budget_plan.experts, rt.stats()["expert_bytes_read"]
+        rt.close()
+        _, records = read_trace(path)
+        steps = steps_from_trace(records)
+        keys = sorted(rt.pkg.experts)
+        chunk_bytes = tuple(ch.length for ch in rt.pkg.layout.chunks)
+        got = {}
+        for name in ("hebf", "lru", "lfu", "belady"):
+            extra = {"future": accesses(records)} if name == "belady" else {}
+            def run(part):
+                return replay(make_policy(name, experts=keys, **extra), part, capacity,
+                              rt.pkg.quant.ladder, chunk_bytes, level=8, top_k=rt.arch.top_k).bytes_total
+            # the first b steps prefill one prompt each (beside the others' decode): count only the
+            # steps after them, where every sequence decodes one token (replay is deterministic, so
+            # the prefix's bytes are the full run's first bytes)
+            got[name] = (run(steps) - run(steps[:b])) / max(b * (len(steps) - b), 1)
+        rows.append({"batch": b, "live_hebf_bytes": live, "per_token": got,
+                     "vs_belady": {k: v / got["belady"] for k, v in got.items()}})
+        print(f"  batch {b}: {got}", flush=True)
+    print(f"\npolicies on batch traces (OLMoE-1B-7B shapes x {args.layers} layers, {args.budget}, level 8; "
+          f"replayed decode steps), expert MiB read per generated token in the steps where all decode, and the ratio to belady")
+    print("| batch | hebf | lru | lfu | belady | hebf/belady | lru/belady | lfu/belady |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        g, v = r["per_token"], r["vs_belady"]
+        print(f"| {r['batch']} | {g['hebf'] / 2**20:.1f} | {g['lru'] / 2**20:.1f} | {g['lfu'] / 2**20:.1f} | "
+              f"{g['belady'] / 2**20:.1f} | {v['hebf']:.2f} | {v['lru']:.2f} | {v['lfu']:.2f} |")
+    return {"layers": args.layers, "budget": args.budget, "rows": rows}
 
 
 # ---------------------------------------------------------------- budget sweep
@@ -271,18 +356,27 @@ def main():
     c.add_argument("--layers", type=int, default=2)
     c.add_argument("--level", type=int, default=8)
     c.add_argument("--steps", type=int, default=16)
+    c.add_argument("--model", choices=["olmoe", "tiny-kv10"], default="olmoe")
+    c.add_argument("--llama-bench", default=None, help="llama-bench binary: its figures beside ours")
+    c.add_argument("--gguf", default=None, help="the same model as GGUF (for --llama-bench)")
     b = sub.add_parser("batch")
     b.add_argument("--layers", type=int, default=2)
     b.add_argument("--level", type=int, default=8)
     b.add_argument("--tokens", type=int, default=16)
     b.add_argument("--batches", default="1,2,4,8,16")
     b.add_argument("--budget-backend", default=None)
+    q = sub.add_parser("policies")
+    q.add_argument("--layers", type=int, default=2)
+    q.add_argument("--tokens", type=int, default=24)
+    q.add_argument("--batches", default="1,4,16")
+    q.add_argument("--budget", default="50%")
     s = sub.add_parser("sweep")
     s.add_argument("--budgets", default="50%")
     args = ap.parse_args()
     info = cpu_info()
     print(f"CPU: {info['model']}, {info['cores']} cores, {' '.join(info['features'])}")
-    res = {"context": bench_context, "batch": bench_batch, "sweep": bench_sweep}[args.what](args)
+    res = {"context": bench_context, "batch": bench_batch, "policies": bench_policies,
+           "sweep": bench_sweep}[args.what](args)
     res["cpu"] = info
     OUT.mkdir(exist_ok=True)
     path = OUT / f"engine_{args.what}.json"
