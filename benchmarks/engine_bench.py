@@ -93,6 +93,87 @@ def redraw_embedding(ckpt: Path, std: float):
             f.write(xs.to_bf16_bits(rng.standard_normal(k, dtype=np.float32) * std).tobytes())
 
 
+# Qwen3-30B-A3B (Qwen/Qwen3-30B-A3B) shapes
+QWEN3 = dict(hidden=2048, moe_inter=768, experts=128, top_k=8, heads=32, kv_heads=4, head_dim=128,
+             vocab=151936)
+
+
+def qwen3_config(layers: int) -> dict:
+    q = QWEN3
+    return {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+            "hidden_size": q["hidden"], "intermediate_size": 6144, "moe_intermediate_size": q["moe_inter"],
+            "num_hidden_layers": layers, "num_attention_heads": q["heads"],
+            "num_key_value_heads": q["kv_heads"], "head_dim": q["head_dim"], "num_experts": q["experts"],
+            "num_experts_per_tok": q["top_k"], "vocab_size": q["vocab"], "norm_topk_prob": True,
+            "decoder_sparse_step": 1, "mlp_only_layers": [], "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+            "hidden_act": "silu", "attention_bias": False, "bos_token_id": 151643,
+            "eos_token_id": 151645, "torch_dtype": "bfloat16"}
+
+
+def qwen3_specs(layers: int) -> list:
+    q = QWEN3
+    H, I, E, D = q["hidden"], q["moe_inter"], q["experts"], q["head_dim"]
+    specs = [("model.embed_tokens.weight", (q["vocab"], H), False)]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        specs += [(p + "input_layernorm.weight", (H,), True), (p + "post_attention_layernorm.weight", (H,), True),
+                  (p + "self_attn.q_proj.weight", (q["heads"] * D, H), False),
+                  (p + "self_attn.k_proj.weight", (q["kv_heads"] * D, H), False),
+                  (p + "self_attn.v_proj.weight", (q["kv_heads"] * D, H), False),
+                  (p + "self_attn.o_proj.weight", (H, q["heads"] * D), False),
+                  (p + "self_attn.q_norm.weight", (D,), True), (p + "self_attn.k_norm.weight", (D,), True),
+                  (p + "mlp.gate.weight", (E, H), False)]
+        for e in range(E):
+            x = p + f"mlp.experts.{e}."
+            specs += [(x + "gate_proj.weight", (I, H), False), (x + "up_proj.weight", (I, H), False),
+                      (x + "down_proj.weight", (H, I), False)]
+    specs += [("model.norm.weight", (H,), True), ("lm_head.weight", (q["vocab"], H), False)]
+    return specs
+
+
+def qwen3_package(layers: int) -> Path:
+    """Export (once) a synthetic Qwen3-30B-A3B-shaped checkpoint of ``layers`` layers (written shard
+    by shard, bf16, embedding at std 1), int8 dense weights (float32 ones would be 2.5 GB of
+    embedding and LM head alone)."""
+    import export_scale as xs
+
+    d = OUT / "engine" / f"qwen3-{layers}l"
+    pkg = d / "pkg.edgemoe"
+    if (pkg / "manifest.yaml").exists():
+        return pkg
+    ckpt = d / "hf"
+    if not (ckpt / "config.json").exists():
+        import shutil
+        shutil.rmtree(ckpt, ignore_errors=True)
+        ckpt.mkdir(parents=True)
+        print(f"writing a synthetic checkpoint ({layers} layers of Qwen3-30B-A3B shapes) ...", flush=True)
+        specs = qwen3_specs(layers)
+        shards = xs.plan_shards(specs, 4000 * xs.MB)
+        src, weight_map, total = xs.RandomSource(seed=0), {}, 0
+        for k, group in enumerate(shards, 1):
+            name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            xs.write_shard(ckpt / name, group, src)
+            for tname, shape, _ in group:
+                weight_map[tname] = name
+                total += 2 * xs._numel(shape)
+            print(f"  shard {k}/{len(shards)}", flush=True)
+        (ckpt / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        redraw_embedding(ckpt, std=1.0)
+        (ckpt / "config.json").write_text(json.dumps(qwen3_config(layers), indent=2))
+    from edgemoe.exporters.export import export
+    from edgemoe.quant.dense import DenseQuant
+    from edgemoe.quant.spec import QuantSpec
+    print("exporting ...", flush=True)
+    t = time.time()
+    export(ckpt, pkg, QuantSpec(), dense=DenseQuant("int8", 64),
+           progress=lambda stage, done, total: print(f"  {stage} {done}/{total}", flush=True)
+           if done % 256 == 0 or done == total else None)
+    print(f"exported in {time.time() - t:.0f} s", flush=True)
+    return pkg
+
+
 def _decode_ms(rt, steps: int, slot: int = 0) -> float:
     ts, tok = [], 7
     for _ in range(steps):

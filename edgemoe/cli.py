@@ -258,7 +258,8 @@ def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exac
               help="expert bits (2, 4, 8) or auto (the scheduler picks per expert)")
 @click.option("--budget", default=None,
               help="memory budget: a size (e.g. 24MiB) or NN% (the fixed part plus that share of the "
-                   "experts); default: half the model's size (its fp16 checkpoint)")
+                   "experts); default: half the model's size (its fp16 checkpoint), or the smallest "
+                   "budget that runs +5% where the run's KV cache and buffers need more")
 @click.option("--greedy", is_flag=True, help="greedy decoding (default: sample, seed 0)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def demo(prompt, max_new_tokens, level, budget, greedy, as_json):

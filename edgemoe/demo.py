@@ -88,19 +88,32 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_demo(prompt: str, max_new_tokens: int, level, budget, sampling, echo, progress=None) -> dict:
-    """Export (cached), generate under ``budget`` (None: half the model's size) with live output via
-    ``echo``; return the report."""
+# over the smallest budget that runs, when that is above half the model: room for a few experts
+MIN_SLACK = 1.05
+
+
+def _runtime(pkg, level, budget, size: int, context: int):
+    """The runtime under ``budget``; None: half the model's size, or (for long runs, whose KV cache
+    and prefill buffers grow with the context) the smallest budget that runs plus 5%, decided in
+    the same start-up that measures the fixed part (a second start in this process would measure
+    less: it reuses the first one's freed memory)."""
     from edgemoe.runtime.engine import Runtime
+
+    if budget is not None:
+        return Runtime(pkg, level=level, budget=budget, context=context)
+    return Runtime(pkg, level=level, budget=size // 2, context=context, budget_or_minimum=MIN_SLACK)
+
+
+def run_demo(prompt: str, max_new_tokens: int, level, budget, sampling, echo, progress=None) -> dict:
+    """Export (cached), generate under ``budget`` (None: half the model's size, or the smallest that
+    runs +5% when that is more) with live output via ``echo``; return the report."""
     from edgemoe.runtime.streaming import stream_text
 
     t0 = time.perf_counter()
     pkg = builtin_package(progress)
     t_export = time.perf_counter() - t0
     size = model_bytes()
-    if budget is None:
-        budget = size // 2
-    rt = Runtime(pkg, level=level, budget=budget, context=run_context(prompt, max_new_tokens))
+    rt = _runtime(pkg, level, budget, size, run_context(prompt, max_new_tokens))
     try:
         r = stream_text(rt, prompt, max_new_tokens, sampling, echo)
         st = rt.stats()

@@ -35,7 +35,12 @@ class UnsafePathError(PackageError):
 
 
 class BudgetError(EdgeMoEError):
-    """The memory budget is malformed or too small for the package."""
+    """The memory budget is malformed or too small for the package (``minimum``: the smallest budget
+    that runs, in bytes, where the package's plan knows it)."""
+
+    def __init__(self, message: str, minimum: int | None = None):
+        super().__init__(message)
+        self.minimum = minimum
 
 
 class DeviceProfileError(ConfigError):

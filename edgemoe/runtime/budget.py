@@ -76,7 +76,7 @@ PREFILL_CHUNK = 128   # tokens per prefill pass under a budget (bounds the activ
 
 def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = PREFILL_CHUNK,
                 level: int | None = None, measured_fixed: int = 0, kv_dtype: str = "f16",
-                batch: int = 1, measured_work: int = 0) -> BudgetPlan:
+                batch: int = 1, measured_work: int = 0, or_minimum: float = 0.0) -> BudgetPlan:
     """Split ``budget`` into its parts.
 
     ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
@@ -86,7 +86,8 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     loading the dense sessions and the tokenizer; it replaces the dense estimate when larger.
     ``batch`` sequences of ``context`` tokens each get their KV cache of ``kv_dtype`` reserved.
     ``measured_work``: the transient peak the runtime measured above that over a warm-up step of
-    the largest planned shape; it replaces the work estimate when larger.
+    the largest planned shape; it replaces the work estimate when larger. ``or_minimum``: a budget
+    below the minimum becomes the minimum times this (> 1) instead of an error.
     """
     a = pkg.arch
     n_sessions = a.num_layers + 2
@@ -103,10 +104,13 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     one_token = max(a.top_k * pkg.layout.prefix_length(pkg.quant.ladder[0]),
                     pkg.layout.prefix_length(level) if level else 0)
     minimum = dense + kv + work + one_token
+    if total < minimum and or_minimum:
+        total = int(minimum * or_minimum)
     if total < minimum:
         raise BudgetError(f"budget {fmt_size(total)} is below the minimum {fmt_size(minimum)} for this "
                           f"package (dense {fmt_size(dense)}, KV cache for {context} tokens "
                           f"{fmt_size(kv)}, work {fmt_size(work)}, {a.top_k} experts at "
                           f"{pkg.quant.ladder[0]} bits or one at the fixed level {fmt_size(one_token)}); raise --budget to at "
-                          f"least {fmt_size(minimum)} or lower --context" + (" or the batch" if batch > 1 else ""))
+                          f"least {fmt_size(minimum)} or lower --context" + (" or the batch" if batch > 1 else ""),
+                          minimum=minimum)
     return BudgetPlan(total, dense, kv, work, total - dense - kv - work, minimum, context)

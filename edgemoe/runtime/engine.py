@@ -81,6 +81,8 @@ class Runtime:
         scales calibrated at export)
     max_batch : sequences that can be in flight at once (KV cache slots; ``step`` and
         ``edgemoe.runtime.batch``); the budget reserves a full context for each
+    budget_or_minimum : a budget below the minimum becomes the minimum times this (> 1; the
+        demo's default) instead of a BudgetError
     trace : path to record the routing trace (under a budget)
     prefetch : look-ahead prefetch of the next layer's predicted experts (under a budget)
     io_threads, direct_io, read_delay_s : the loader's threads, O_DIRECT use, and an artificial
@@ -92,7 +94,8 @@ class Runtime:
                  threads: int = 1, exact: bool = False, budget=None, policy: str = "hebf",
                  context: int = 512, trace=None, prefetch: bool = True, io_threads: int = 2,
                  direct_io: bool = True, read_delay_s: float = 0.0, policy_args: dict | None = None,
-                 events=None, kv_dtype: str = DEFAULT_KV_DTYPE, max_batch: int = 1):
+                 events=None, kv_dtype: str = DEFAULT_KV_DTYPE, max_batch: int = 1,
+                 budget_or_minimum: float = 0.0):
         self.pkg = package if isinstance(package, Package) else Package(package)
         self.arch = self.pkg.arch
         ladder = self.pkg.quant.ladder
@@ -175,7 +178,8 @@ class Runtime:
         transient = max(rss_bytes("VmHWM") - rss0 - measured, 0) if rss0 else 0
         self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level,
                                        measured_fixed=measured, measured_work=transient,
-                                       kv_dtype=self.kv_dtype, batch=self.max_batch)
+                                       kv_dtype=self.kv_dtype, batch=self.max_batch,
+                                       or_minimum=budget_or_minimum)
         if trace is not None:
             from edgemoe.runtime.trace import TraceWriter
             self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
