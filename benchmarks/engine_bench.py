@@ -3,6 +3,7 @@
     python benchmarks/engine_bench.py context [--layers 2]     # ms/token at positions 16 / 1500 / 3000
     python benchmarks/engine_bench.py batch [--layers 2]       # tok/s and expert bytes per token, batch 1-16
     python benchmarks/engine_bench.py policies                 # hebf / lru / lfu / belady on batch traces
+    python benchmarks/engine_bench.py headline [--llama-bench B --gguf G]  # Qwen3-30B-A3B x 24 layers, 3 GiB
     python benchmarks/engine_bench.py sweep                    # peak RSS / budget on odd tiny shapes
 
 ``context`` and ``batch`` export a synthetic checkpoint with OLMoE-1B-7B layer shapes (hidden 2048,
@@ -351,6 +352,72 @@ def bench_policies(args) -> dict:
     return {"layers": args.layers, "budget": args.budget, "rows": rows}
 
 
+# ---------------------------------------------------------------- a 30B-class model on a small budget
+HEADLINE_CHILD = r"""
+import json, sys, time, numpy as np
+from edgemoe.runtime.memory import pin_malloc_mmap_threshold, rss_bytes, start_libraries
+pin_malloc_mmap_threshold(); start_libraries()
+from edgemoe.runtime.engine import Runtime
+pkg, budget, level, tokens, vocab = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+prompt = np.random.default_rng(0).integers(0, vocab, 16).tolist()
+base = rss_bytes()
+rt = Runtime(pkg, level=level if level == "auto" else int(level), budget=budget, context=16 + tokens + 8)
+logits = rt.forward(prompt)[-1]
+s0 = rt.stats(); t0 = time.perf_counter()
+for _ in range(tokens):
+    logits = rt.forward([int(np.argmax(logits))])[-1]
+dt = time.perf_counter() - t0
+st = rt.stats()
+print(json.dumps({"tok_s": tokens / dt, "expert_bytes_per_token": (st["expert_bytes_read"] - s0["expert_bytes_read"]) / tokens,
+                  "hit_rate": st["hit_rate"], "backend": rt.backend.name,
+                  "peak_above_baseline": rss_bytes("VmHWM") - base, "budget": rt.budget_plan.budget,
+                  "plan": rt.budget_plan.to_dict(), "level_mix": st["level_mix"]}))
+"""
+
+
+def bench_headline(args) -> dict:
+    """Qwen3-30B-A3B shapes at ``--layers`` of its 48 layers under ``--budget``, levels 4 and auto
+    (each in a fresh process), and llama.cpp's Q8_0 GGUF of the same checkpoint in a memory cgroup
+    with the same allowance (its start-up charge plus the budget) when ``--llama-bench`` is given."""
+    from edgemoe.runtime.budget import parse_size
+
+    pkg = qwen3_package(args.layers)
+    rows = []
+    for level in args.levels.split(","):
+        p = subprocess.run([sys.executable, "-c", HEADLINE_CHILD, str(pkg), args.budget, level,
+                            str(args.tokens), str(QWEN3["vocab"])], capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(p.stderr[-3000:])
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r["runtime"], r["level"] = "edgemoe", level
+        rows.append(r)
+        print(f"  edgemoe level {level}: {r['tok_s']:.2f} tok/s", flush=True)
+    if args.llama_bench:
+        import llamacpp_compare as lc
+        gguf = Path(args.gguf)
+        allowance = parse_size(args.budget)
+        start = lc.run_llama(Path(args.llama_bench), gguf, 1, None, 3600)
+        startup = max(start["cgroup_peak"] - gguf.stat().st_size, 0)
+        r = lc.run_llama(Path(args.llama_bench), gguf, args.llama_tokens, startup + allowance, 7200)
+        rows.append({"runtime": "llama.cpp", "level": "Q8_0", "tok_s": r["tokens_per_s"],
+                     "cgroup_limit": r["limit"], "cgroup_peak": r["cgroup_peak"], "limit_hits": r["failcnt"],
+                     "startup": startup})
+    print(f"\nQwen3-30B-A3B shapes x {args.layers} layers under {args.budget}, {args.tokens} decode tokens "
+          f"after a 16-token prompt, one thread")
+    print("| runtime | level | tok/s | expert MiB read / token | hit rate | peak above baseline MiB | note |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["runtime"] == "edgemoe":
+            print(f"| edgemoe ({r['backend']}) | {r['level']} | {r['tok_s']:.2f} | "
+                  f"{r['expert_bytes_per_token'] / 2**20:.0f} | {r['hit_rate']:.0%} | "
+                  f"{r['peak_above_baseline'] / 2**20:.0f} | budget {r['budget'] / 2**20:.0f} MiB, "
+                  f"levels {r['level_mix']} |")
+        else:
+            print(f"| llama.cpp | Q8_0 | {r['tok_s']:.3f} | - | - | cgroup peak {r['cgroup_peak'] / 2**20:.0f} | "
+                  f"limit {r['cgroup_limit'] / 2**20:.0f} MiB ({r['limit_hits']} limit hits) |")
+    return {"layers": args.layers, "budget": args.budget, "rows": rows}
+
+
 # ---------------------------------------------------------------- budget sweep
 SWEEP = [  # family, overrides, prefill tokens, batch
     ("mixtral", dict(hidden_size=96, intermediate_size=200, num_local_experts=4, num_experts_per_tok=1,
@@ -451,13 +518,21 @@ def main():
     q.add_argument("--tokens", type=int, default=24)
     q.add_argument("--batches", default="1,4,16")
     q.add_argument("--budget", default="50%")
+    h = sub.add_parser("headline")
+    h.add_argument("--layers", type=int, default=24)
+    h.add_argument("--budget", default="3GiB")
+    h.add_argument("--levels", default="4,auto")
+    h.add_argument("--tokens", type=int, default=16)
+    h.add_argument("--llama-bench", default=None)
+    h.add_argument("--gguf", default=None)
+    h.add_argument("--llama-tokens", type=int, default=4)
     s = sub.add_parser("sweep")
     s.add_argument("--budgets", default="50%")
     args = ap.parse_args()
     info = cpu_info()
     print(f"CPU: {info['model']}, {info['cores']} cores, {' '.join(info['features'])}")
     res = {"context": bench_context, "batch": bench_batch, "policies": bench_policies,
-           "sweep": bench_sweep}[args.what](args)
+           "headline": bench_headline, "sweep": bench_sweep}[args.what](args)
     res["cpu"] = info
     OUT.mkdir(exist_ok=True)
     path = OUT / f"engine_{args.what}.json"

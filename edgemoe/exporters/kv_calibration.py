@@ -2,9 +2,11 @@
 
 onnxruntime's GroupQueryAttention quantizes K and V into an int8 cache with fixed per-channel
 scales [KVH*D] per layer. The exporter runs the staged package (exact f32 cache, experts at the
-lowest level on their record bytes: K/V barely depend on the experts' precision, and this keeps the
-run's memory at a quarter of the 8-bit experts) over a probe of tokens, takes each channel's largest
-|K| and |V|, and leaves headroom for what the probe did not show (values beyond it saturate).
+lowest level streamed on their record bytes under a budget of a tenth of them: K/V barely depend on
+the experts' precision, and the run's memory stays bounded whatever the model's size; every expert
+resident ran a 24-layer Qwen3-30B-A3B-shaped export out of 24 GiB) over a probe of tokens, takes
+each channel's largest |K| and |V|, and leaves headroom for what the probe did not show (values
+beyond it saturate).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 PROBE_TOKENS = 96
 HEADROOM = 1.5           # scale = HEADROOM * max|x| / 127
+CALIBRATION_BUDGET = "10%"   # of the experts at the top level, beside the fixed part
 PROBE_TEXT = ("The quick brown fox jumps over the lazy dog. In the beginning was the word, and "
               "numbers like 3.14159 or 2026 sit beside names, code such as x = f(y) + 1; and "
               "questions: what is the capital of France? Answer briefly, then explain why.")
@@ -28,14 +31,13 @@ def _probe_ids(pkg_dir: Path, rt) -> list[int]:
 
 def calibrate_kv_scales(pkg_dir) -> bytes:
     """The staged package at ``pkg_dir`` -> scales [L, 2, KVH*D] float32 (little-endian bytes)."""
+    from edgemoe.package.reader import Package
     from edgemoe.runtime.engine import Runtime
 
-    rt = Runtime(pkg_dir, kv_dtype="f32", backend="planes", level=None, context=PROBE_TOKENS)
+    lowest = Package(pkg_dir).quant.ladder[0]
+    rt = Runtime(pkg_dir, kv_dtype="f32", backend="planes", level=lowest, context=PROBE_TOKENS,
+                 budget=CALIBRATION_BUDGET, budget_or_minimum=1.2, prefetch=False)
     try:
-        lowest = rt.pkg.quant.ladder[0]
-        if rt.level != lowest:
-            rt.close()
-            rt = Runtime(pkg_dir, kv_dtype="f32", backend="planes", level=lowest, context=PROBE_TOKENS)
         ids = _probe_ids(Path(pkg_dir), rt)
         rt.forward(ids)
         n = len(ids)
