@@ -242,7 +242,7 @@ class Runtime:
         """Forget the KV cache (start a new sequence in slot 0; other slots are released)."""
         self.kv.reset()
 
-    def forward(self, token_ids, slot: int = 0) -> np.ndarray:
+    def forward(self, token_ids, slot: int = 0, last_only: bool = False) -> np.ndarray:
         """Run the new tokens of one sequence (KV cache slot ``slot``; 0 = the batch-1 sequence)
         through the model, extending its KV cache; under a budget, long prompts go through in chunks
         of PREFILL_CHUNK tokens (bounded activations).
@@ -251,15 +251,18 @@ class Runtime:
         ----------
         token_ids : sequence of int, length T >= 1
 
+        last_only : the LM head on the last token only (generation needs no more)
+
         Returns
         -------
-        logits : float32 [T, vocab]
+        logits : float32 [T, vocab] ([1, vocab] with ``last_only``)
         """
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if self.budgeted is not None and ids.size > PREFILL_CHUNK:
-            return np.concatenate([self.step([(slot, ids[s:s + PREFILL_CHUNK])], all_logits=True)[0]
-                                   for s in range(0, ids.size, PREFILL_CHUNK)])
-        return self.step([(slot, ids)], all_logits=True)[0]
+            parts = [self.step([(slot, ids[s:s + PREFILL_CHUNK])], all_logits=not last_only)[0]
+                     for s in range(0, ids.size, PREFILL_CHUNK)]
+            return parts[-1] if last_only else np.concatenate(parts)
+        return self.step([(slot, ids)], all_logits=not last_only)[0]
 
     def _check_input(self, slot: int, ids: np.ndarray):
         if ids.size == 0:
@@ -452,11 +455,11 @@ class Runtime:
             raise ConfigError("the prompt is empty; give some text or token ids")
         sampler = Sampler(sampling or SamplingConfig())
         self.reset()
-        logits = self.forward(ids)[-1]
-        for _ in range(max_new_tokens):
+        logits = self.forward(ids, last_only=True)[-1]
+        for i in range(max_new_tokens):
             nxt = sampler(logits)
             yield nxt
-            if stop_at_eos and nxt in self.arch.eos_token_ids:
+            if (stop_at_eos and nxt in self.arch.eos_token_ids) or i == max_new_tokens - 1:
                 return
             logits = self.forward([nxt])[-1]
 
