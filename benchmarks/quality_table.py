@@ -1,6 +1,6 @@
 """Quality of the built-in model per precision and budget, on its held-out split: perplexity and
 bits per byte for the unquantized model, levels 8/4/2, and `--level auto` at 25/50/75% budgets and
-at the demo's default budget (half the model's size; run as `edgemoe eval` in its own process, since
+at about the demo's default budget (25 MiB; run as `edgemoe eval` in its own process, since
 an absolute budget's expert cache is what is left after the fixed part that process measures).
 Prints a Markdown table (pasted into the README) and writes JSON.
 
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgemoe.demo import ASSET, builtin_package, model_bytes
+from edgemoe.demo import ASSET, builtin_package
 from edgemoe.exporters.export import export
 from edgemoe.quant.spec import QuantSpec
 from edgemoe.runtime.engine import Runtime
@@ -43,13 +43,16 @@ def main(argv=None):
         rows.append({"config": name, **r.to_dict(), "level_mix": st.get("level_mix"),
                      "budget_bytes": st.get("budget", {}).get("budget")})
         print(f"{name}: ppl {r.perplexity:.3f}", flush=True)
-    half = model_bytes() // 2
+    # the demo's default budget is half the model's size, or the smallest that runs +5% when its
+    # measured fixed part needs more (23.4 MiB for its 80 tokens); windows of 256 tokens need a
+    # larger KV cache and prefill buffers, so the row is measured at 25 MiB, in its own process
+    half = 25 * 2**20
     cmd = [sys.executable, "-m", "edgemoe.cli", "eval", str(q), "--text", str(ASSET / "heldout.txt"),
            "--window", str(args.window), "--level", "auto", "--budget", str(half), "--json"]
     if args.max_tokens:
         cmd += ["--max-tokens", str(args.max_tokens)]
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    rows.append({"config": f"auto, budget {half / 2**20:.1f} MiB (half the model, the demo's default)",
+    rows.append({"config": f"auto, budget {half / 2**20:.1f} MiB (about the demo's default)",
                  **{k: v for k, v in r.items() if k != "stats"}, "level_mix": r["stats"]["level_mix"],
                  "budget_bytes": half})
     print(f"{rows[-1]['config']}: ppl {r['perplexity']:.3f}", flush=True)
