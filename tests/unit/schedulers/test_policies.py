@@ -71,6 +71,15 @@ def test_hebf_orders_lowest_chunk_first_hottest_first_and_hits_first():
     assert [e for e, _ in plan.compute[1:]] == [2, 1]
 
 
+def test_hebf_reads_first_what_most_rows_of_the_step_wait_on():
+    """In a batch, "hottest" is the rows routed to an expert in this step; heat breaks ties."""
+    heat = {(0, 1): 9.0, (0, 2): 1.0, (0, 3): 5.0}
+    plan = make_policy("hebf").plan(LayerRequest(0, 0, ((1, 1), (2, 6), (3, 1)), 8),
+                                    view(capacity=2000, heat=heat))
+    assert [k for k, i in plan.loads if i == 0] == [(0, 2), (0, 1), (0, 3)]
+    assert [e for e, _ in plan.compute] == [2, 1, 3]
+
+
 def test_hebf_auto_levels_follow_heat_and_respect_room():
     keys = [(0, e) for e in range(4)]
     heat = {(0, 0): 10.0, (0, 1): 1.0, (0, 2): 1.0, (0, 3): 1.0}
