@@ -103,3 +103,22 @@ def test_run_at_a_level_not_in_the_ladder(package, level):
     assert "Traceback" not in p.stderr and p.stdout == ""
     line = p.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and f"{level} bits" in line and "(2, 4, 8)" in line
+
+
+@pytest.mark.parametrize("kv", ["f32", "f16", "int8"])
+def test_run_with_each_kv_cache_type(package, kv):
+    """`--kv-dtype`: every type's graphs are in the package and run; f32 gives the library's tokens."""
+    p = _edgemoe("run", package, "--prompt", PROMPT, "--max-new-tokens", 6, "--greedy", "--json",
+                 "--kv-dtype", kv)
+    assert p.returncode == 0, p.stderr
+    ids = json.loads(p.stdout)["ids"]
+    assert len(ids) == 6
+    if kv == "f32":
+        rt = Runtime(package, kv_dtype="f32")
+        assert rt.generate(rt.encode(PROMPT), 6).ids == ids
+
+
+def test_run_with_an_unknown_kv_cache_type(package):
+    p = _edgemoe("run", package, "--prompt", PROMPT, "--kv-dtype", "f8")
+    assert p.returncode != 0
+    assert "f16" in p.stderr and "f8" in p.stderr
