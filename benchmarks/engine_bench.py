@@ -194,7 +194,7 @@ def bench_context(args) -> dict:
     rows = []
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, Package(pkg).arch.vocab_size, max(positions)).tolist()
-    for kv in ("f16", "f32"):
+    for kv in ("f16", "f32", "int8"):
         rt = Runtime(pkg, level=args.level, kv_dtype=kv, context=max(positions) + 64)
         ms, done = {}, 0
         for p in positions:
@@ -246,8 +246,9 @@ def tiny_kv10_package() -> Path:
 
 def llama_context(args, positions) -> dict:
     """llama-bench's decode at the same context depths (its KV cache: f16, in place)."""
-    p = subprocess.run([args.llama_bench, "-m", args.gguf, "-p", "0", "-n", str(args.steps), "-d",
-                        ",".join(map(str, positions)), "-t", "1", "-r", "3", "-o", "json"],
+    # 32 tokens x 5 repetitions: with 16 x 3 the first depth measured came out 50% slow once
+    p = subprocess.run([args.llama_bench, "-m", args.gguf, "-p", "0", "-n", str(max(args.steps, 32)), "-d",
+                        ",".join(map(str, positions)), "-t", "1", "-r", "5", "-o", "json"],
                        capture_output=True, text=True, check=True)
     return {"gguf": Path(args.gguf).name, "ms": {int(r["n_depth"]): 1000 / r["avg_ts"] for r in json.loads(p.stdout)}}
 
