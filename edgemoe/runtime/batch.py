@@ -45,6 +45,10 @@ class Batch:
     def __init__(self, rt, prefill_chunk: int = PREFILL_CHUNK):
         if prefill_chunk < 1:
             raise ConfigError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        if rt.budgeted is not None and prefill_chunk > PREFILL_CHUNK:
+            raise ConfigError(f"under a budget prompts are prefilled in chunks of at most "
+                              f"{PREFILL_CHUNK} tokens (what its work buffers were planned for); "
+                              f"got prefill_chunk={prefill_chunk}")
         self.rt, self.prefill_chunk = rt, int(prefill_chunk)
         self.seqs: dict[int, Sequence] = {}       # active, by id
         self.finished: dict[int, Sequence] = {}

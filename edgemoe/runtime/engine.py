@@ -378,7 +378,8 @@ class Runtime:
         ----------
         batch : list of (slot, token_ids): each sequence's KV cache slot (``kv.acquire()``; slot 0
             is the batch-1 sequence) and its new tokens (1 while decoding; a prompt chunk while
-            prefilling). A slot appears at most once.
+            prefilling). A slot appears at most once. Under a budget a step carries at most
+            PREFILL_CHUNK + max_batch - 1 tokens (what the budget's work buffers were planned for).
         all_logits : return logits of every new token, not only of each sequence's last
 
         Returns
@@ -392,6 +393,11 @@ class Runtime:
             raise ConfigError("a KV cache slot appears twice in one step")
         for slot, ids in batch:
             self._check_input(slot, ids)
+        rows = sum(len(ids) for _, ids in batch)
+        if self.budgeted is not None and rows > PREFILL_CHUNK + self.max_batch - 1:
+            raise ConfigError(f"a step of {rows} tokens is more than the budget planned for (one "
+                              f"prefill chunk of {PREFILL_CHUNK} beside {self.max_batch - 1} decoding "
+                              f"sequences); feed long prompts in chunks (forward does, and Batch)")
         t_step = time.perf_counter()
         groups = self._groups(batch)
         ids_all = np.concatenate([np.concatenate([batch[j][1] for j in g[2]]) for g in groups])

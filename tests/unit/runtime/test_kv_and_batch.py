@@ -181,3 +181,13 @@ def test_head_size_not_a_multiple_of_8_matches_transformers(tmp_path):
     got = np.concatenate([rt.forward(ids[:12])] + [rt.forward(ids[t:t + 1]) for t in range(12, 20)])
     assert rt.kv.k[0].shape[-1] == 16
     assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_a_budgeted_step_larger_than_planned_is_refused(pkgs):
+    _, q = pkgs
+    rt = Runtime(q, budget="100%", backend="planes", max_batch=2, context=400)
+    with pytest.raises(ConfigError, match="more than the budget planned"):
+        rt.step([(0, [i % 100 for i in range(130)])])
+    assert len(rt.forward([i % 100 for i in range(130)])) == 130     # forward chunks it
+    with pytest.raises(ConfigError, match="chunks of at most"):
+        rt.batch(prefill_chunk=512)
