@@ -50,20 +50,30 @@ def cpu_info() -> dict:
 
 
 # ---------------------------------------------------------------- the realistic-shape package
+def _paths(name: str) -> tuple[Path, Path]:
+    """(package, checkpoint folder) of a synthetic model under bench_out/engine/NAME."""
+    d = OUT / "engine" / name
+    return d / "pkg.edgemoe", d / "hf"
+
+
+def _fresh(ckpt: Path) -> bool:
+    """True (after removing any partial one) when the checkpoint must be written."""
+    if (ckpt / "config.json").exists():
+        return False
+    import shutil
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return True
+
+
 def olmoe_package(layers: int) -> Path:
     """Export (once) a synthetic OLMoE-1B-7B-shaped checkpoint of ``layers`` layers, level ladder
     2/4/8, float32 dense graphs."""
     import export_scale as xs
 
-    d = OUT / "engine" / f"olmoe-{layers}l"
-    pkg = d / "pkg.edgemoe"
+    pkg, ckpt = _paths(f"olmoe-{layers}l")
     if (pkg / "manifest.yaml").exists():
         return pkg
-    ckpt = d / "hf"
-    if not (ckpt / "config.json").exists():
-        if ckpt.exists():
-            import shutil
-            shutil.rmtree(ckpt)
+    if _fresh(ckpt):
         print(f"writing a synthetic checkpoint ({layers} layers of OLMoE-1B-7B shapes) ...", flush=True)
         xs.write_checkpoint(ckpt, layers, shard_mb=2000)
         redraw_embedding(ckpt, std=1.0)
@@ -139,14 +149,10 @@ def qwen3_package(layers: int) -> Path:
     embedding and LM head alone)."""
     import export_scale as xs
 
-    d = OUT / "engine" / f"qwen3-{layers}l"
-    pkg = d / "pkg.edgemoe"
+    pkg, ckpt = _paths(f"qwen3-{layers}l")
     if (pkg / "manifest.yaml").exists():
         return pkg
-    ckpt = d / "hf"
-    if not (ckpt / "config.json").exists():
-        import shutil
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if _fresh(ckpt):
         ckpt.mkdir(parents=True)
         print(f"writing a synthetic checkpoint ({layers} layers of Qwen3-30B-A3B shapes) ...", flush=True)
         specs = qwen3_specs(layers)
