@@ -136,6 +136,9 @@ def inspect(package, as_json, verify):
     for lv in info["levels"]:
         click.echo(f"experts at level {lv['bits']:>2}: {lv['bytes'] / 2**20:9.2f} MiB "
                    f"({lv['bytes_per_expert']:,} B per expert)")
+    kv = info["kv_bytes_per_token"]
+    click.echo("KV cache per token of context: " + ", ".join(f"{t} {n / 1024:.1f} KiB" for t, n in kv.items())
+               + f" ({kv.get('f16', 0) * 4096 / 2**20:.0f} MiB for 4096 tokens at f16)")
     click.echo(f"files: {info['n_files']} ({info['total_bytes'] / 2**20:.2f} MiB on disk)")
     if verify:
         click.echo(f"verified: {info['verified_bytes']:,} bytes match their sha256")

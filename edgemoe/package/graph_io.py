@@ -14,6 +14,14 @@ KV_DTYPES = ("f16", "f32", "int8")
 DEFAULT_KV_DTYPE = "f16"
 
 
+KV_ITEMSIZE = {"f16": 2, "f32": 4, "int8": 1}
+
+
+def kv_bytes_per_token(arch, kv: str) -> int:
+    """K and V of one position in every layer, in a cache of element type ``kv``."""
+    return 2 * KV_ITEMSIZE[kv] * arch.num_layers * arch.num_kv_heads * kv_head_dim(arch.head_dim)
+
+
 def kv_head_dim(head_dim: int) -> int:
     """The KV cache's head size: onnxruntime's GroupQueryAttention takes multiples of 8, so other
     head sizes are zero-padded to the next one."""

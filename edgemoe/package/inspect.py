@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from edgemoe.package import constants as C
+from edgemoe.package.graph_io import kv_bytes_per_token
 from edgemoe.package.reader import Package
 
 
@@ -24,6 +25,8 @@ def describe(path, verify: bool = False) -> dict:
         "files": [{"path": k, "bytes": v[C.K_LENGTH]} for k, v in pkg.files.items()
                   if not k.startswith(C.EXPERTS_DIR + "/")],
         "tokenizer": pkg.tokenizer_file,
+        # what each position of context costs, per KV cache type the package has graphs for
+        "kv_bytes_per_token": {kv: kv_bytes_per_token(pkg.arch, kv) for kv in pkg.kv_layer_graphs},
     }
     if verify:
         info["verified_bytes"] = pkg.verify()

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from edgemoe.arch import MoEArch
 from edgemoe.errors import BudgetError, ConfigError
-from edgemoe.package.graph_io import KV_DTYPES, kv_head_dim
+from edgemoe.package.graph_io import KV_DTYPES, kv_bytes_per_token, kv_head_dim
 
 KV_NUMPY = {"f16": np.float16, "f32": np.float32, "int8": np.int8}
 GROW_FROM = 256          # tokens a growable cache starts with; it doubles when a sequence needs more
@@ -127,8 +127,7 @@ class KVCache:
     @staticmethod
     def bytes_per_token(arch: MoEArch, kv_dtype: str = "f16") -> int:
         """K and V of one position, every layer."""
-        return 2 * np.dtype(KV_NUMPY[check_kv_dtype(kv_dtype)]).itemsize * arch.num_layers \
-            * arch.num_kv_heads * kv_head_dim(arch.head_dim)
+        return kv_bytes_per_token(arch, check_kv_dtype(kv_dtype))
 
     @staticmethod
     def bytes_for(arch: MoEArch, tokens: int, kv_dtype: str = "f16", slots: int = 1) -> int:

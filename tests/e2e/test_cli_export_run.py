@@ -65,6 +65,12 @@ def test_export_wrote_a_package_with_its_tokenizer(package):
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["tokenizer"] == "tokenizer.json" and info["arch"]["eos_token_ids"] == []
+    a, kv = info["arch"], info["kv_bytes_per_token"]
+    assert kv == {"f32": 4 * 2 * a["num_layers"] * a["num_kv_heads"] * a["head_dim"],
+                  "f16": 2 * 2 * a["num_layers"] * a["num_kv_heads"] * a["head_dim"],
+                  "int8": 2 * a["num_layers"] * a["num_kv_heads"] * a["head_dim"]}
+    r = CliRunner().invoke(main, ["inspect", str(package)])
+    assert "KV cache per token of context: f32" in r.output
 
 
 def test_run_greedy_json(package):
