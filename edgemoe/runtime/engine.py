@@ -309,6 +309,8 @@ class Runtime:
         With ``out_shapes`` (decode: fixed shapes step after step) it is kept with its own input and
         output buffers, so a call copies the step's few values in and binds nothing (measured on
         the demo: 65 us of Python per layer call otherwise)."""
+        if self._bindings and next(iter(self._bindings))[3] != self.kv.capacity:
+            self._bindings.clear()    # the cache grew: drop bindings that hold the old buffers
         key = (i, lo, hi, self.kv.capacity)
         io = self._bindings.get(key) if out_shapes is not None else None
         if io is not None:

@@ -65,6 +65,7 @@ def test_growable_cache_doubles_and_keeps_the_past(pkgs):
     want = np.concatenate([ref.forward(ids[:3])] + [ref.forward([t]) for t in ids[3:]])
     assert rt.kv.capacity == 32
     assert np.array_equal(got, want)
+    assert {key[3] for key in rt._bindings} == {32}      # no binding keeps a smaller, old buffer
 
 
 def test_kv_bytes_per_token_f16_is_half_of_f32(pkgs):
