@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
-from edgemoe.package.graph_io import ROUTER_WEIGHT, kv_head_dim
+from edgemoe.package.graph_io import KV_SCALE_INPUTS, ROUTER_WEIGHT, kv_head_dim
 from edgemoe.package.onnx_util import MS_DOMAIN, ExternalData, GraphBuilder, RowBlocks
 from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int8_groups
 
@@ -128,9 +128,9 @@ def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str) -> str
     if kv == "f16":
         ins[:3] = [b.op("Cast", t, to=TensorProto.FLOAT16) for t in ins[:3]]
     if kv == "int8":    # per-channel scales of the codes, calibrated at export (see kv_scales)
-        b.input("k_scale", F, [kvh * d])
-        b.input("v_scale", F, [kvh * d])
-        ins += ["", "", "", "", "", "k_scale", "v_scale"]
+        for name in KV_SCALE_INPUTS:
+            b.input(name, F, [kvh * d])
+        ins += ["", "", "", "", "", *KV_SCALE_INPUTS]
         attrs = dict(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
     out, pk, pv = b.op("GroupQueryAttention", *ins, n_out=3, domain=MS_DOMAIN, num_heads=arch.num_heads,
                        kv_num_heads=kvh, scale=float(arch.scale), **attrs)

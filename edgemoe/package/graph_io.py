@@ -9,24 +9,25 @@ KV_SCALE_INPUTS = ("k_scale", "v_scale")
 MOE_OUTPUTS = ("residual", "moe_in", "router_logits")
 DENSE_OUTPUTS = ("hidden_out",)
 KV_OUTPUTS = ("present_k", "present_v")
-# KV cache element types a layer graph comes in (one small graph file per type, one weights file)
-KV_DTYPES = ("f16", "f32", "int8")
+# KV cache element types a layer graph comes in (one small graph file per type, one weights file),
+# with the numpy type of each
+KV_NUMPY = {"f16": "float16", "f32": "float32", "int8": "int8"}
+KV_DTYPES = tuple(KV_NUMPY)
 DEFAULT_KV_DTYPE = "f16"
-
-
-KV_ITEMSIZE = {"f16": 2, "f32": 4, "int8": 1}
-
-
-def kv_bytes_per_token(arch, kv: str) -> int:
-    """K and V of one position in every layer, in a cache of element type ``kv``."""
-    return 2 * KV_ITEMSIZE[kv] * arch.num_layers * arch.num_kv_heads * kv_head_dim(arch.head_dim)
+ROUTER_WEIGHT = "router_weight"   # initializer [H, E] of a MoE layer graph (read for prefetch)
 
 
 def kv_head_dim(head_dim: int) -> int:
     """The KV cache's head size: onnxruntime's GroupQueryAttention takes multiples of 8, so other
     head sizes are zero-padded to the next one."""
     return -(-int(head_dim) // 8) * 8
-ROUTER_WEIGHT = "router_weight"   # initializer [H, E] of a MoE layer graph (read for prefetch)
+
+
+def kv_bytes_per_token(arch, kv: str) -> int:
+    """K and V of one position in every layer, in a cache of element type ``kv``."""
+    import numpy as np
+    return 2 * np.dtype(KV_NUMPY[kv]).itemsize * arch.num_layers * arch.num_kv_heads \
+        * kv_head_dim(arch.head_dim)
 
 
 def read_initializer(path, name: str):

@@ -20,7 +20,8 @@ import onnxruntime as ort
 from edgemoe.backends import get_backend
 from edgemoe.errors import BudgetError, ConfigError, PackageError
 from edgemoe.package.reader import Package
-from edgemoe.package.graph_io import DEFAULT_KV_DTYPE, DENSE_OUTPUTS, KV_OUTPUTS, MOE_OUTPUTS
+from edgemoe.package.graph_io import (DEFAULT_KV_DTYPE, DENSE_OUTPUTS, KV_OUTPUTS, KV_SCALE_INPUTS,
+                                      MOE_OUTPUTS)
 from edgemoe.runtime.events import Event
 from edgemoe.package.record_store import ExpertStore
 from edgemoe.runtime.budget import PREFILL_CHUNK, fmt_size, plan_budget
@@ -132,7 +133,9 @@ class Runtime:
             raise PackageError(f"{self.pkg.root} has no layer graphs for a {self.kv_dtype} KV cache "
                                f"(it has {', '.join(self.pkg.kv_layer_graphs)}); choose one of those "
                                f"or re-export the package")
-        for rel in [self.pkg.embed_graph, self.pkg.head_graph, *layer_graphs, *self.pkg.layer_graphs]:
+        # the f32 graphs name the weights files every KV type's graphs read (the same list for f32)
+        for rel in dict.fromkeys([self.pkg.embed_graph, self.pkg.head_graph, *layer_graphs,
+                                  *self.pkg.layer_graphs]):
             self.pkg.check_file(rel)  # streamed sha256 of the graph and of its .data
             if rel + ".data" in self.pkg.files:
                 self.pkg.check_file(rel + ".data")
@@ -142,7 +145,8 @@ class Runtime:
         self._head = load(self.pkg.head_graph)
         self._layers = [load(rel) for rel in layer_graphs]
         self.max_batch = int(max_batch)
-        self._bindings: dict = {}
+        self._bindings: dict = {}            # (layer, lo, hi, capacity) -> kept decode IOBinding
+        self._bound_capacity = None          # the KV capacity those bindings were made for
         self.kv = KVCache(self.arch, context, slots=max_batch, kv_dtype=self.kv_dtype,
                           growable=budget is None)
         self.kv.reset()
@@ -304,36 +308,37 @@ class Runtime:
         cos, sin = rope_tables(self.arch, positions.reshape(-1))
         return cos.reshape(b, t, -1), sin.reshape(b, t, -1)
 
-    def _binding(self, i: int, lo: int, hi: int, out_shapes=None):
+    def _binding(self, i: int, lo: int, hi: int, decode: bool):
         """Layer i's IOBinding for slots lo..hi-1 with the KV buffers bound (as past and present).
-        With ``out_shapes`` (decode: fixed shapes step after step) it is kept with its own input and
-        output buffers, so a call copies the step's few values in and binds nothing (measured on
-        the demo: 65 us of Python per layer call otherwise)."""
-        if self._bindings and next(iter(self._bindings))[3] != self.kv.capacity:
-            self._bindings.clear()    # the cache grew: drop bindings that hold the old buffers
+        A decode binding (one token per sequence: the same shapes step after step) is kept with its
+        own input and output buffers, so a call copies the step's few values in and binds nothing
+        (measured on the demo: 65 us of Python per layer call otherwise)."""
         key = (i, lo, hi, self.kv.capacity)
-        io = self._bindings.get(key) if out_shapes is not None else None
+        io = self._bindings.get(key) if decode else None
         if io is not None:
             return io
+        a = self.arch
         io = self._layers[i].io_binding()
         pk, pv = self.kv.ortvalues(i, lo, hi)
         io.bind_ortvalue_input("past_k", pk)
         io.bind_ortvalue_input("past_v", pv)
         if self._kv_scales is not None:
-            io.bind_cpu_input("k_scale", self._kv_scales[i][0])
-            io.bind_cpu_input("v_scale", self._kv_scales[i][1])
-        names = MOE_OUTPUTS if self.arch.is_moe_layer(i) else DENSE_OUTPUTS
-        if out_shapes is not None:
-            b, r = hi - lo, self.arch.rope_dim
-            io.bufs = {"hidden": np.zeros((b, 1, self.arch.hidden_size), np.float32),
-                       "cos": np.zeros((b, 1, r), np.float32), "sin": np.zeros((b, 1, r), np.float32),
+            for name, scale in zip(KV_SCALE_INPUTS, self._kv_scales[i]):
+                io.bind_cpu_input(name, scale)
+        names = MOE_OUTPUTS if a.is_moe_layer(i) else DENSE_OUTPUTS
+        if decode:
+            b = hi - lo
+            io.bufs = {"hidden": np.zeros((b, 1, a.hidden_size), np.float32),
+                       "cos": np.zeros((b, 1, a.rope_dim), np.float32),
+                       "sin": np.zeros((b, 1, a.rope_dim), np.float32),
                        "seqlens_k": np.zeros(b, np.int32), "total_len": np.zeros((), np.int32)}
-            for n, a in io.bufs.items():
-                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a))
-            io.outs = [np.zeros(shape, np.float32) for shape in out_shapes]
-            for n, a in zip(names, io.outs):
-                io.bind_ortvalue_output(n, ort.OrtValue.ortvalue_from_numpy(a))
-            if len(self._bindings) > 4 * self.arch.num_layers * self.max_batch:
+            for n, buf in io.bufs.items():
+                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(buf))
+            io.outs = [np.zeros((b, 1, a.num_experts if n == "router_logits" else a.hidden_size),
+                                np.float32) for n in names]
+            for n, buf in zip(names, io.outs):
+                io.bind_ortvalue_output(n, ort.OrtValue.ortvalue_from_numpy(buf))
+            if len(self._bindings) > 4 * a.num_layers * self.max_batch:
                 self._bindings.clear()
             self._bindings[key] = io
         else:
@@ -350,12 +355,8 @@ class Runtime:
         call's outputs are the binding's buffers: valid until that layer's next decode call."""
         cos, sin = rope if rope is not None else self._rope(positions)
         last = positions[:, -1]
-        names = MOE_OUTPUTS if self.arch.is_moe_layer(i) else DENSE_OUTPUTS
-        b, t = positions.shape
-        if t == 1:
-            a = self.arch
-            shapes = [(b, 1, a.num_experts) if n == "router_logits" else (b, 1, a.hidden_size) for n in names]
-            io = self._binding(i, lo, hi, shapes)
+        if positions.shape[1] == 1:
+            io = self._binding(i, lo, hi, decode=True)
             bufs = io.bufs
             bufs["hidden"][...] = hidden
             bufs["cos"][...] = cos
@@ -364,14 +365,15 @@ class Runtime:
             bufs["total_len"][...] = last.max() + 1
             self._layers[i].run_with_iobinding(io)
             return io.outs
-        io = self._binding(i, lo, hi)
+        io = self._binding(i, lo, hi, decode=False)
         io.bind_cpu_input("hidden", np.ascontiguousarray(hidden, dtype=np.float32))
         io.bind_cpu_input("cos", cos)
         io.bind_cpu_input("sin", sin)
         io.bind_cpu_input("seqlens_k", last.astype(np.int32))
         io.bind_cpu_input("total_len", np.array(last.max() + 1, dtype=np.int32))
         self._layers[i].run_with_iobinding(io)
-        return [o.numpy() for o in io.get_outputs()[:len(names)]]
+        n = len(MOE_OUTPUTS if self.arch.is_moe_layer(i) else DENSE_OUTPUTS)
+        return [o.numpy() for o in io.get_outputs()[:n]]
 
     def step(self, batch, all_logits: bool = False) -> list[np.ndarray]:
         """One forward step over several sequences.
@@ -395,9 +397,12 @@ class Runtime:
             raise ConfigError("a KV cache slot appears twice in one step")
         for slot, ids in batch:
             self._check_input(slot, ids)
-        rows = sum(len(ids) for _, ids in batch)
-        if self.budgeted is not None and rows > PREFILL_CHUNK + self.max_batch - 1:
-            raise ConfigError(f"a step of {rows} tokens is more than the budget planned for (one "
+        if self._bound_capacity != self.kv.capacity:   # the cache grew: its buffers are new
+            self._bindings.clear()
+            self._bound_capacity = self.kv.capacity
+        n_rows = sum(len(ids) for _, ids in batch)
+        if self.budgeted is not None and n_rows > PREFILL_CHUNK + self.max_batch - 1:
+            raise ConfigError(f"a step of {n_rows} tokens is more than the budget planned for (one "
                               f"prefill chunk of {PREFILL_CHUNK} beside {self.max_batch - 1} decoding "
                               f"sequences); feed long prompts in chunks (forward does, and Batch)")
         t_step = time.perf_counter()
@@ -416,7 +421,8 @@ class Runtime:
         self._pending_pred = None
         for i in range(self.arch.num_layers):
             t0 = time.perf_counter()
-            outs = [self._run_layer(i, lo, hi, h, p, r) for (lo, hi, _), h, p, r in zip(groups, hs, pos, ropes)]
+            outs = [self._run_layer(i, lo, hi, h, p, rope)
+                    for (lo, hi, _), h, p, rope in zip(groups, hs, pos, ropes)]
             if self.events is not None:
                 self.events(Event("dense", t0, time.perf_counter(), self._step, i))
             if not self.arch.is_moe_layer(i):
@@ -434,8 +440,8 @@ class Runtime:
         if self.budgeted is not None:
             self.budgeted.end_step()
         # rows whose logits are wanted: every row, or each sequence's last
-        rows = [h.reshape(-1, h.shape[-1]) if all_logits else h[:, -1] for h in hs]
-        logits = self._head.run(None, {"hidden": np.concatenate(rows) if len(rows) > 1 else rows[0]})[0]
+        wanted = [h.reshape(-1, h.shape[-1]) if all_logits else h[:, -1] for h in hs]
+        logits = self._head.run(None, {"hidden": np.concatenate(wanted) if len(wanted) > 1 else wanted[0]})[0]
         out: list = [None] * len(batch)
         r = 0
         for (lo, hi, js), h in zip(groups, hs):

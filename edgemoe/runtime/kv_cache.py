@@ -14,9 +14,8 @@ import onnxruntime as ort
 
 from edgemoe.arch import MoEArch
 from edgemoe.errors import BudgetError, ConfigError
-from edgemoe.package.graph_io import KV_DTYPES, kv_bytes_per_token, kv_head_dim
+from edgemoe.package.graph_io import KV_DTYPES, KV_NUMPY, kv_bytes_per_token, kv_head_dim
 
-KV_NUMPY = {"f16": np.float16, "f32": np.float32, "int8": np.int8}
 GROW_FROM = 256          # tokens a growable cache starts with; it doubles when a sequence needs more
 
 
@@ -119,10 +118,6 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes of the buffers (reserved; pages become resident as they fill)."""
         return sum(b.nbytes for b in (*self.k, *self.v))
-
-    def filled_bytes(self) -> int:
-        a = self.arch
-        return int(self.lengths.sum()) * KVCache.bytes_per_token(a, self.kv_dtype)
 
     @staticmethod
     def bytes_per_token(arch: MoEArch, kv_dtype: str = "f16") -> int:
