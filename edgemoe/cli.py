@@ -450,5 +450,112 @@ def compile_cmd(package, devices, out, activations):
         click.echo(f"{device}: {path}")
 
 
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0 for every interface: then set --api-key)")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free one, printed at start-up)")
+@click.option("--parallel", "-np", default=4, show_default=True, type=click.IntRange(1),
+              help="sequences decoded together (KV cache slots); more requests wait in the queue")
+@click.option("--ctx-size", "-c", default=2048, show_default=True, type=click.IntRange(2),
+              help="tokens of context per sequence (prompt + max_tokens); the budget reserves a KV "
+                   "cache of this size for each slot")
+@click.option("--budget", default=None,
+              help="memory budget for the whole server (1.5GiB, 512MiB, or NN%: the fixed part plus "
+                   "NN% of the experts); default: all experts resident")
+@click.option("--level", type=LEVEL, default=None,
+              help="expert bits (a ladder level, default the highest), or 'auto' under --budget")
+@click.option("--policy", default="hebf", show_default=True,
+              type=click.Choice(["hebf", "lru", "lfu"]), help="expert scheduling policy (with --budget)")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0),
+              help="requests that may wait for a slot; beyond it: 503 with Retry-After")
+@click.option("--api-key", default=None, envvar="EDGEMOE_API_KEY",
+              help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(or set EDGEMOE_API_KEY)")
+@click.option("--cors-origins", default=None,
+              help="comma-separated origins a browser may call from (e.g. http://localhost:3000, or "
+                   "*); default: no CORS headers")
+@click.option("--alias", multiple=True,
+              help="model name(s) clients use (default: the package folder's name); repeatable")
+@KV_DTYPE
+@click.option("--backend", default=None, type=click.Choice(["ort", "planes", "tvm", "hls"]),
+              help="expert kernels (as for `run`)")
+def serve(package, host, port, parallel, ctx_size, budget, level, policy, max_queue, api_key,
+          cors_origins, alias, kv_dtype, backend):
+    """Serve PACKAGE over an OpenAI-compatible HTTP API (needs `pip install 'edgemoe[serve]'`).
+
+    \b
+    Routes: POST /v1/chat/completions, POST /v1/completions (streaming as
+    server-sent events), GET /v1/models, GET /health, GET /metrics (Prometheus),
+    POST /tokenize, POST /detokenize.
+    \b
+    Example:
+      edgemoe serve model.edgemoe --budget 2GiB --parallel 4
+      curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages": [{"role": "user", "content": "Hello"}]}'
+    """
+    from edgemoe.serve.server import ServeConfig, serve as run_server
+
+    origins = tuple(o.strip() for o in cors_origins.split(",") if o.strip()) if cors_origins else ()
+    run_server(ServeConfig(package, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
+                           budget=budget, level=level, policy=policy, max_queue=max_queue,
+                           api_key=api_key, cors_origins=origins, alias=tuple(alias),
+                           kv_dtype=kv_dtype, backend=backend))
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("--system", default=None, help="a system message that starts the conversation")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(1),
+              help="longest reply")
+@click.option("--ctx-size", "-c", default=2048, show_default=True, type=click.IntRange(2),
+              help="tokens of context for the whole conversation")
+@click.option("--budget", default=None, help="memory budget (as for `run`); default: all resident")
+@click.option("--level", type=LEVEL, default=None,
+              help="expert bits (a ladder level, default the highest), or 'auto' under --budget")
+@click.option("--policy", default="hebf", show_default=True, type=click.Choice(["hebf", "lru", "lfu"]))
+@click.option("--greedy", is_flag=True, help="greedy decoding (default: sample)")
+@click.option("--temperature", default=0.8, show_default=True, type=float)
+@click.option("--top-k", default=40, show_default=True, type=int)
+@click.option("--top-p", default=0.95, show_default=True, type=float)
+@click.option("--min-p", default=0.05, show_default=True, type=float)
+@click.option("--seed", default=None, type=int, help="sampling seed (default: random)")
+@KV_DTYPE
+def chat(package, system, max_new_tokens, ctx_size, budget, level, policy, greedy, temperature,
+         top_k, top_p, min_p, seed, kv_dtype):
+    """Chat with PACKAGE in the terminal, with its chat template (as `ollama run`).
+
+    Type a message and Enter; /reset forgets the conversation, /exit or Ctrl-D leaves, Ctrl-C stops
+    a reply. Each turn reuses the previous turns' KV cache.
+    """
+    from edgemoe.chat import ChatSession, run_chat
+    from edgemoe.runtime.chat_template import ChatTemplate
+    from edgemoe.runtime.engine import Runtime
+    from edgemoe.runtime.sampling import SamplingConfig
+
+    sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                              min_p=min_p, seed=seed)
+    from edgemoe.package.reader import Package
+
+    pkg = Package(package)
+    ctx_size = min(ctx_size, pkg.arch.max_position)
+    rt = Runtime(pkg, level=level, budget=budget, policy=policy, context=ctx_size, kv_dtype=kv_dtype)
+    try:
+        template = ChatTemplate.of_package(rt.pkg)
+        if template.is_fallback:
+            click.echo("[the package has no chat template: using the plain System:/User:/Assistant: "
+                       "fallback]", err=True)
+        session = ChatSession(rt, template, system, max_new_tokens, sampling, context=ctx_size)
+
+        def write(text):
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+
+        run_chat(session, lambda p: input(p), write, lambda m: click.echo(m, err=True))
+    finally:
+        rt.close()
+
+
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from the checkpoint in row blocks (~16 MB), never held whole.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -97,7 +98,47 @@ def plan_export(src, quant: QuantSpec, dense: DenseQuant = FLOAT32) -> tuple[Exp
     if tok.exists():
         _check_tokenizer(tok)
         plan.files.append((C.TOKENIZER_FILE, tok.stat().st_size))
+        template, _, _ = read_chat_config(Path(src))
+        if template is not None:
+            from edgemoe.runtime.chat_template import compile_template
+            compile_template(template)        # a template that does not parse fails the export now
+            plan.files.append((C.CHAT_TEMPLATE_FILE, len(template.encode("utf-8"))))
     return plan, ckpt, wmap
+
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def read_chat_config(src: Path) -> tuple[str | None, dict, bool]:
+    """The checkpoint's chat template (``chat_template.jinja``, else ``tokenizer_config.json``'s
+    ``chat_template``: a string, or a list of named templates of which "default" or the first is
+    taken), its special tokens as strings, and whether the tokenizer prepends BOS
+    (``add_bos_token``; default False)."""
+    cfg = {}
+    p = src / C.TOKENIZER_CONFIG_FILE
+    if p.exists():
+        try:
+            cfg = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{p} is not valid JSON ({e}); fix or remove it") from None
+    template = None
+    jinja = src / C.CHAT_TEMPLATE_FILE
+    if jinja.exists():
+        template = jinja.read_text(encoding="utf-8")
+    else:
+        t = cfg.get("chat_template")
+        if isinstance(t, list):   # [{"name": ..., "template": ...}, ...]
+            named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
+            t = named.get("default") or next(iter(named.values()), None)
+        template = t if isinstance(t, str) and t.strip() else None
+    special = {}
+    for k in SPECIAL_TOKEN_KEYS:
+        v = cfg.get(k)
+        if isinstance(v, dict):   # a serialised AddedToken
+            v = v.get("content")
+        if isinstance(v, str):
+            special[k] = v
+    return template, special, bool(cfg.get("add_bos_token", False))
 
 
 def _check_tokenizer(path: Path):
@@ -164,7 +205,13 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         tok_src = Path(src) / C.TOKENIZER_FILE
         if tok_src.exists():
             w.copy_file(C.TOKENIZER_FILE, tok_src)
-            tokenizer = {C.K_FILE: C.TOKENIZER_FILE, C.K_ADD_BOS: False}
+            template, special, add_bos = read_chat_config(Path(src))
+            tokenizer = {C.K_FILE: C.TOKENIZER_FILE, C.K_ADD_BOS: add_bos}
+            if template is not None:
+                w.write_bytes(C.CHAT_TEMPLATE_FILE, template.encode("utf-8"))
+                tokenizer[C.K_CHAT_TEMPLATE] = C.CHAT_TEMPLATE_FILE
+            if special:
+                tokenizer[C.K_SPECIAL_TOKENS] = special
         manifest = {
             C.K_FORMAT: C.FORMAT_NAME,
             C.K_VERSION: C.FORMAT_VERSION,

@@ -36,10 +36,14 @@ K_BITS = "bits"
 K_PREFIX = "prefix_length"
 K_GRAPH = "graph"
 K_ADD_BOS = "add_bos"
+K_CHAT_TEMPLATE = "chat_template"     # optional: file of the checkpoint's jinja chat template
+K_SPECIAL_TOKENS = "special_tokens"   # optional: {bos_token, eos_token, ...} strings the template uses
 
 GRAPHS_DIR = "graphs"
 EXPERTS_DIR = "experts"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"   # in a checkpoint: chat_template, special tokens
+CHAT_TEMPLATE_FILE = "chat_template.jinja"       # in a checkpoint (newer transformers) and a package
 RECORD_FILE = "records.bin"
 KV_SCALES_FILE = GRAPHS_DIR + "/kv_int8_scales.bin"
 

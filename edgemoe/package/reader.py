@@ -126,6 +126,9 @@ class Package:
         tok = m.get(C.K_TOKENIZER)
         self.tokenizer_file = self._known(tok[C.K_FILE]) if tok else None
         self.add_bos = bool(tok.get(C.K_ADD_BOS, False)) if tok else False
+        tmpl = tok.get(C.K_CHAT_TEMPLATE) if tok else None
+        self.chat_template_file = self._known(tmpl) if tmpl else None
+        self.special_tokens: dict[str, str] = dict(tok.get(C.K_SPECIAL_TOKENS) or {}) if tok else {}
 
     # ---- validation ----
     def _check_version(self, m: dict):
@@ -226,6 +229,12 @@ class Package:
                                f"expected {want}; re-export the package")
         s = raw.reshape(a.num_layers, 2, -1).astype(np.float32)
         return [(np.ascontiguousarray(s[i, 0]), np.ascontiguousarray(s[i, 1])) for i in range(a.num_layers)]
+
+    def chat_template(self) -> str | None:
+        """The checkpoint's jinja chat template, as exported (None if it had none)."""
+        if self.chat_template_file is None:
+            return None
+        return self.read_file(self.chat_template_file).decode("utf-8")
 
     def check_file(self, rel: str) -> None:
         """Check a listed file's sha256 without holding it in memory."""

@@ -51,6 +51,7 @@ class BudgetPlan:
     experts: int        # what is left: the expert cache (resident + in-flight chunks)
     minimum: int        # smallest budget that runs
     context: int
+    outside: int = 0    # held beside the runtime in the same process (the HTTP server), measured
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +77,8 @@ PREFILL_CHUNK = 128   # tokens per prefill pass under a budget (bounds the activ
 
 def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = PREFILL_CHUNK,
                 level: int | None = None, measured_fixed: int = 0, kv_dtype: str = "f16",
-                batch: int = 1, measured_work: int = 0, or_minimum: float = 0.0) -> BudgetPlan:
+                batch: int = 1, measured_work: int = 0, or_minimum: float = 0.0,
+                outside: int = 0) -> BudgetPlan:
     """Split ``budget`` into its parts.
 
     ``budget`` is bytes, a size ('1.5GiB'), or 'NN%': the fixed part (dense, KV cache, work) plus
@@ -87,7 +89,8 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     ``batch`` sequences of ``context`` tokens each get their KV cache of ``kv_dtype`` reserved.
     ``measured_work``: the transient peak the runtime measured above that over a warm-up step of
     the largest planned shape; it replaces the work estimate when larger. ``or_minimum``: a budget
-    below the minimum becomes the minimum times this (> 1) instead of an error.
+    below the minimum becomes the minimum times this (> 1) instead of an error. ``outside``: memory
+    the process holds beside the runtime (``edgemoe serve``'s HTTP stack), part of the fixed part.
     """
     a = pkg.arch
     n_sessions = a.num_layers + 2
@@ -95,7 +98,8 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     kv = KVCache.bytes_for(a, context, kv_dtype, slots=batch)
     # a step carries one prefill chunk beside the other sequences' decode tokens
     work = max(work_bytes(pkg, min(prefill_chunk, context) + batch - 1, context), int(measured_work))
-    fixed = dense + kv + work
+    outside = int(outside)
+    fixed = dense + kv + work + outside
     if isinstance(budget, str) and budget.strip().endswith("%"):
         total = fixed + parse_size(budget, reference=pkg.level_bytes(pkg.quant.top_bits))
     else:
@@ -103,14 +107,16 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
     # one token's worth: top-k experts at the lowest level, and at least one at a fixed level
     one_token = max(a.top_k * pkg.layout.prefix_length(pkg.quant.ladder[0]),
                     pkg.layout.prefix_length(level) if level else 0)
-    minimum = dense + kv + work + one_token
+    minimum = fixed + one_token
     if total < minimum and or_minimum:
         total = int(minimum * or_minimum)
     if total < minimum:
         raise BudgetError(f"budget {fmt_size(total)} is below the minimum {fmt_size(minimum)} for this "
                           f"package (dense {fmt_size(dense)}, KV cache for {context} tokens "
-                          f"{fmt_size(kv)}, work {fmt_size(work)}, {a.top_k} experts at "
+                          f"{fmt_size(kv)}, work {fmt_size(work)}, "
+                          + (f"server {fmt_size(outside)}, " if outside else "")
+                          + f"{a.top_k} experts at "
                           f"{pkg.quant.ladder[0]} bits or one at the fixed level {fmt_size(one_token)}); raise --budget to at "
                           f"least {fmt_size(minimum)} or lower --context" + (" or the batch" if batch > 1 else ""),
                           minimum=minimum)
-    return BudgetPlan(total, dense, kv, work, total - dense - kv - work, minimum, context)
+    return BudgetPlan(total, dense, kv, work, total - fixed, minimum, context, outside)

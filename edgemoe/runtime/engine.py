@@ -84,6 +84,8 @@ class Runtime:
         ``edgemoe.runtime.batch``); the budget reserves a full context for each
     budget_or_minimum : a budget below the minimum becomes the minimum times this (> 1; the
         demo's default) instead of a BudgetError
+    held_outside : bytes the process holds beside the runtime that the budget must also cover
+        (``edgemoe serve`` measures its HTTP stack and passes it)
     trace : path to record the routing trace (under a budget)
     prefetch : look-ahead prefetch of the next layer's predicted experts (under a budget)
     io_threads, direct_io, read_delay_s : the loader's threads, O_DIRECT use, and an artificial
@@ -96,7 +98,7 @@ class Runtime:
                  context: int = 512, trace=None, prefetch: bool = True, io_threads: int = 2,
                  direct_io: bool = True, read_delay_s: float = 0.0, policy_args: dict | None = None,
                  events=None, kv_dtype: str = DEFAULT_KV_DTYPE, max_batch: int = 1,
-                 budget_or_minimum: float = 0.0):
+                 budget_or_minimum: float = 0.0, held_outside: int = 0):
         self.pkg = package if isinstance(package, Package) else Package(package)
         self.arch = self.pkg.arch
         ladder = self.pkg.quant.ladder
@@ -184,7 +186,7 @@ class Runtime:
         self.budget_plan = plan_budget(self.pkg, budget, context=context, level=self.level,
                                        measured_fixed=measured, measured_work=transient,
                                        kv_dtype=self.kv_dtype, batch=self.max_batch,
-                                       or_minimum=budget_or_minimum)
+                                       or_minimum=budget_or_minimum, outside=held_outside)
         if trace is not None:
             from edgemoe.runtime.trace import TraceWriter
             self.trace = TraceWriter(trace, self.package_id, {"budget": self.budget_plan.budget,
@@ -502,9 +504,12 @@ class Runtime:
                                    f"tokenizer.json loads with `tokenizers`") from e
         return self._tokenizer
 
-    def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text).ids
-        if self.pkg.add_bos and self.arch.bos_token_id is not None:
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Text -> ids; special tokens written in the text (``</s>``) become their ids. ``add_bos``:
+        prepend BOS (default: as the package's tokenizer does; False for a rendered chat template,
+        which writes its own)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if (self.pkg.add_bos if add_bos is None else add_bos) and self.arch.bos_token_id is not None:
             ids = [self.arch.bos_token_id] + ids
         return ids
 
