@@ -121,7 +121,9 @@ class Metrics:
 
 
 class Scheduler:
-    """Runs ``rt`` in its own thread; ``submit`` / ``cancel`` from any thread."""
+    """Runs ``rt``: in the calling thread (``run``, as the server does: the thread that loaded the
+    model, so its steps reuse the heap the warm-up measured) or in a thread of its own (``start``);
+    ``submit`` / ``cancel`` / ``close`` from any thread."""
 
     def __init__(self, rt, ctx_size: int, max_queue: int = 64, decode: Callable | None = None):
         self.rt, self.ctx_size, self.max_queue = rt, int(ctx_size), int(max_queue)
@@ -137,9 +139,10 @@ class Scheduler:
         self._stop = False
         self.kv_bytes_per_token = KVCache.bytes_per_token(rt.arch, rt.kv_dtype)
         self.baseline_bytes = 0     # the process's RSS before the server and the model (set by it)
-        self._thread = threading.Thread(target=self._loop, name="edgemoe-engine", daemon=True)
+        self._thread = None
 
     def start(self) -> "Scheduler":
+        self._thread = threading.Thread(target=self.run, name="edgemoe-engine", daemon=True)
         self._thread.start()
         return self
 
@@ -147,7 +150,8 @@ class Scheduler:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     # ---- called by handlers ----
     def check(self, n_prompt: int, max_tokens: int):
@@ -201,11 +205,12 @@ class Scheduler:
         return s
 
     # ---- the engine thread ----
-    def _loop(self):
+    def run(self):
+        """The engine loop, until ``close``."""
         while True:
             with self._cv:
                 while not self._stop and not self.waiting and not self.running and not self._cancels:
-                    self._cv.wait()
+                    self._cv.wait(1.0)     # a timeout, so that Ctrl-C reaches the main thread
                 if self._stop:
                     break
                 cancels, self._cancels = self._cancels, set()

@@ -8,8 +8,10 @@ engine are imported and measured first, and the runtime gets the budget minus th
 """
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,12 +131,24 @@ def serve(cfg: ServeConfig, ready=None):
     config = uvicorn.Config(app, log_level="warning", lifespan="off", http="h11", loop="asyncio",
                             timeout_keep_alive=5, limit_concurrency=connections + 32)
     server = uvicorn.Server(config)
-    sched.start()
+    # HTTP on its own thread; the engine loop here, in the thread that loaded and warmed the model
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="edgemoe-http", daemon=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    http.start()
     if ready is not None:
         ready(port)
     try:
-        server.run(sockets=[sock])
+        sched.run()
+    except KeyboardInterrupt:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True
         sched.close()
+        http.join(10)
         rt.close()
         _say("stopped")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
