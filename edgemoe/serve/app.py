@@ -110,7 +110,8 @@ def _submit(state: ServerState, prompt_ids: list[int], params: P.Params) -> tupl
     if max_tokens is None:                # OpenAI: up to the model's context
         max_tokens = max(sched.ctx_size - len(prompt_ids), 1)
     sink = _Stream(asyncio.get_running_loop())
-    req = EngineRequest(prompt_ids, max_tokens, params.sampling, sink, params.stop, params.logprobs)
+    req = EngineRequest(prompt_ids, max_tokens, params.sampling, sink, params.stop, params.logprobs,
+                        stop_at_eos=not params.ignore_eos)
     sched.submit(req)
     return req, sink
 

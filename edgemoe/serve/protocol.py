@@ -46,6 +46,7 @@ class Params:
     include_usage: bool
     logprobs: int | None             # None: off; n >= 0: the sampled token's logprob and top n
     model: str | None
+    ignore_eos: bool = False         # llama.cpp's and vLLM's extension: generate past EOS
 
 
 def _number(body: dict, key: str, default, lo=None, hi=None, integer=False):
@@ -120,7 +121,8 @@ def parse_params(body: dict, chat: bool) -> Params:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("model", "model must be a string", "invalid_type")
-    return Params(max_tokens, sampling, tuple(stop), stream, bool(opts.get("include_usage")), lp, model)
+    return Params(max_tokens, sampling, tuple(stop), stream, bool(opts.get("include_usage")), lp, model,
+                  _flag(body, "ignore_eos"))
 
 
 def completion_prompt(body: dict):

@@ -70,6 +70,7 @@ class Request:
     sink: Callable                  # called from the engine thread with Token / Done
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
+    stop_at_eos: bool = True
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -226,7 +227,8 @@ class Scheduler:
                 self._retire(r, "cancelled")
             for r in admitted:
                 try:
-                    r.seq = self.batch.add(r.prompt, r.max_tokens, r.sampling, logprobs=r.logprobs)
+                    r.seq = self.batch.add(r.prompt, r.max_tokens, r.sampling, stop_at_eos=r.stop_at_eos,
+                                           logprobs=r.logprobs)
                 except EdgeMoEError as e:
                     self._done(r, "error", error=str(e))
                     continue

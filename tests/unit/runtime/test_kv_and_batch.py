@@ -128,7 +128,9 @@ def test_batch_gives_each_sequence_what_it_gets_alone(pkgs, backend):
         assert seq.ids == alone[j][0], f"prompt {j}"
         assert seq.finish_reason == "length"
         np.testing.assert_allclose(np.stack(logits[sid]), alone[j][1], rtol=0, atol=1e-3)
-    assert rt.kv.used == 0
+    assert rt.kv.used == len(batch.idle) <= 3       # finished sequences' KV kept for prompt reuse
+    batch.drop_prefixes()
+    assert rt.kv.used == 0 and batch.free_slots == 3
 
 
 def test_cancel_frees_the_slot_and_others_continue(pkgs):

@@ -16,7 +16,8 @@ import edgemoe
 ROOT = Path(edgemoe.__file__).parent
 BLOCKED = ("torch", "transformers")
 # DESIGN.md: these never import torch, transformers or the exporters
-NO_EXPORTERS = ("runtime", "schedulers", "backends", "profiler", "package", "quant")
+NO_EXPORTERS = ("runtime", "schedulers", "backends", "profiler", "package", "quant", "serve")
+HTTP_STACK = ("starlette", "uvicorn", "h11", "anyio", "fastapi", "aiohttp")
 
 
 def _module_name(path: Path) -> str:
@@ -69,6 +70,16 @@ def test_device_packages_never_import_exporters():
             if hits:
                 bad[str(p.relative_to(ROOT))] = hits
     assert not bad, f"device-side modules import the exporters: {bad}"
+
+
+def test_only_serve_imports_the_http_stack():
+    bad = {}
+    for p in _device_side_files():
+        if p.relative_to(ROOT).parts[0] != "serve":
+            hits = sorted(m for m in _imports(p) if m.split(".")[0] in HTTP_STACK)
+            if hits:
+                bad[str(p.relative_to(ROOT))] = hits
+    assert not bad, f"the HTTP stack is imported outside edgemoe/serve: {bad}"
 
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
