@@ -1,8 +1,9 @@
 """Every name of the package format lives here; nothing else spells a manifest key."""
 
 FORMAT_NAME = "edgemoe"
-FORMAT_VERSION = "2.0"          # major.minor; readers refuse another major
+FORMAT_VERSION = "2.1"          # major.minor; readers refuse another major
 # 2.0: layer graphs attend over an in-place KV cache (GroupQueryAttention), one graph per KV type
+# 2.1: optional tokenizer.chat_template (file) and tokenizer.special_tokens (older 2.x readers ignore them)
 MANIFEST = "manifest.yaml"
 PARTIAL_SUFFIX = ".partial"     # staging folder while an export is being written
 
