@@ -1,10 +1,12 @@
 """Continuous batching over ``Runtime.step``: sequences join and leave between steps.
 
 Each sequence has its own KV cache slot, position and sampler. A step feeds every decoding sequence
-its last token and at most one prompt chunk of a joining sequence (chunked prefill beside the
-others' decode, so a long prompt never stalls them for more than a chunk and the step's activations
-stay within what the budget planned: one chunk plus one row per other sequence). A sequence leaves
-when it ends (EOS, its token limit) or is cancelled, and frees its slot at once.
+its last token and prompt tokens of joining sequences, at most ``prefill_chunk`` of them in all,
+in order of arrival (chunked prefill beside the others' decode: a long prompt never stalls them for
+more than a chunk, several short prompts start together and share their experts' calls, and the
+step's activations stay within what the budget planned: one chunk plus one row per other
+sequence). A sequence leaves when it ends (EOS, its token limit) or is cancelled, and frees its
+slot at once.
 
     batch = rt.batch()
     a = batch.add(ids_a, max_new_tokens=32)
@@ -162,12 +164,13 @@ class Batch:
         """One engine step; returns (sequence id, new token) for each token generated."""
         if not self.seqs:
             return []
-        feeds, owners, prefill = [], [], None
-        for seq in sorted(self.seqs.values(), key=lambda s: s.slot):
+        feeds, owners, room = [], [], self.prefill_chunk
+        for seq in sorted(self.seqs.values(), key=lambda s: s.id):     # oldest first
             if seq.prefilling:
-                if prefill is None:   # one prompt chunk per step; other joiners wait their turn
-                    prefill = seq
-                    feeds.append((seq.slot, seq.prompt[seq.fed:seq.fed + self.prefill_chunk]))
+                if room > 0:          # the step's prompt tokens; later joiners wait their turn
+                    chunk = seq.prompt[seq.fed:seq.fed + room]
+                    room -= len(chunk)
+                    feeds.append((seq.slot, chunk))
                     owners.append(seq)
             else:
                 feeds.append((seq.slot, seq.ids[-1:]))

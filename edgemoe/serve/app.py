@@ -144,7 +144,12 @@ async def _completion(request: Request, chat: bool):
         prompt_ids = _encode_prompt(state, P.completion_prompt(body))
     if not prompt_ids:
         raise P.bad("messages" if chat else "prompt", "the prompt is empty after tokenizing")
-    req, sink = _submit(state, prompt_ids, params)
+    try:
+        req, sink = _submit(state, prompt_ids, params)
+    except ContextTooLong as e:
+        err = _api_error(e)
+        err.param = "messages" if chat else "prompt"
+        raise err from None
     kind = "chat.completion" if chat else "text_completion"
     rid = ("chatcmpl-" if chat else "cmpl-") + req.id
     head = {"id": rid, "object": kind, "created": P.now(), "model": params.model or state.model_id,
