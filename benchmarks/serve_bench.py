@@ -80,6 +80,21 @@ class Server:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def budget_figures(self) -> dict:
+        """edgemoe's budget and the process's peak RSS above its baseline, from /metrics."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.request("GET", "/metrics")
+        m = {}
+        for line in c.getresponse().read().decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                m[k] = float(v)
+        if "edgemoe:budget_bytes" not in m:
+            return {}
+        above = m["edgemoe:process_peak_resident_bytes"] - m["edgemoe:process_baseline_bytes"]
+        return {"budget_bytes": int(m["edgemoe:budget_bytes"]), "peak_above_baseline_bytes": int(above),
+                "peak_over_budget": above / m["edgemoe:budget_bytes"]}
+
     def stop(self):
         self.proc.terminate()
         try:
@@ -191,9 +206,14 @@ def main():
             for c in conc:
                 rows.append({"server": name, **load(port, c, args.requests, args.prompt_words, args.max_tokens)})
                 print(rows[-1], flush=True)
+            fig = s.budget_figures()
             for r in rows:
                 if r["server"] == name:
                     r["peak_rss_bytes"] = s.peak_rss()
+                    r.update(fig)
+            if fig:
+                print(f"{name}: budget {fig['budget_bytes'] / 2**20:.0f} MiB, peak RSS above the baseline "
+                      f"{fig['peak_above_baseline_bytes'] / 2**20:.0f} MiB ({fig['peak_over_budget']:.3f}x)")
         finally:
             s.stop()
         port += 1
