@@ -112,7 +112,8 @@ def plan_budget(pkg: Package, budget, context: int = 512, prefill_chunk: int = P
         total = int(minimum * or_minimum)
     if total < minimum:
         raise BudgetError(f"budget {fmt_size(total)} is below the minimum {fmt_size(minimum)} for this "
-                          f"package (dense {fmt_size(dense)}, KV cache for {context} tokens "
+                          f"package (dense {fmt_size(dense)}, KV cache for "
+                          f"{f'{batch} x ' if batch > 1 else ''}{context} tokens "
                           f"{fmt_size(kv)}, work {fmt_size(work)}, "
                           + (f"server {fmt_size(outside)}, " if outside else "")
                           + f"{a.top_k} experts at "

@@ -30,16 +30,30 @@ RETRY_AFTER = "1"           # seconds a 503'd client is told to wait
 
 
 class ServerState:
-    """What the routes share: the model's names, its tokenizer and template, the scheduler."""
+    """What the routes share: the model's names and template, and (once loaded) the scheduler."""
 
-    def __init__(self, scheduler, template, model_id: str, aliases=(), api_key: str | None = None,
-                 created: int = 0, meta: dict | None = None):
-        self.scheduler, self.template = scheduler, template
-        self.rt = scheduler.rt
+    def __init__(self, template, model_id: str, aliases=(), api_key: str | None = None,
+                 created: int = 0):
+        self.template = template
         self.model_id, self.names = model_id, {model_id, *aliases}
         self.api_key = api_key.encode() if api_key else None
-        self.created, self.meta = created, meta or {}
+        self.created = created
+        self.scheduler = self.rt = self.token_text = None
+        self.meta: dict = {}
+
+    def attach(self, scheduler, meta: dict | None = None):
+        """The model is loaded: requests are served from now on."""
+        self.rt, self.meta = scheduler.rt, meta or {}
         self.token_text = P.TokenText(self.rt.decode)
+        self.scheduler = scheduler          # last: ``ready`` turns true when everything is set
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+
+LOADING = P.APIError(503, "Loading model", type="unavailable_error", code="model_loading",
+                     headers={"Retry-After": RETRY_AFTER})
 
 
 def _error(e: P.APIError) -> JSONResponse:
@@ -272,6 +286,8 @@ async def model(request: Request):
 
 
 async def health(request: Request):
+    if not request.app.state.server.ready:      # as llama-server: 503 until the model is in
+        return _error(LOADING)
     return JSONResponse({"status": "ok"})
 
 
@@ -321,6 +337,8 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = self.state
+        if not state.ready and scope["path"] not in self.PUBLIC:
+            return await _error(LOADING)(scope, receive, send)
         if state.api_key is not None and scope["path"] not in self.PUBLIC and scope["method"] != "OPTIONS":
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"")

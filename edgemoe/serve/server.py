@@ -102,51 +102,57 @@ def serve(cfg: ServeConfig, ready=None):
         cfg = replace(cfg, ctx_size=pkg.arch.max_position)
     connections = cfg.parallel + cfg.max_queue + 8
     outside = max(rss_bytes() - baseline, 0) + connections * PER_CONNECTION
-    t0 = time.perf_counter()
-    rt = Runtime(pkg, level=cfg.level, budget=cfg.budget, policy=cfg.policy, context=cfg.ctx_size,
-                 kv_dtype=cfg.kv_dtype, max_batch=cfg.parallel, backend=cfg.backend, threads=cfg.threads,
-                 held_outside=outside if cfg.budget is not None else 0)
-    rt.tokenizer  # noqa: B018  (loaded now, not on the first request)
-    sched = Scheduler(rt, cfg.ctx_size, cfg.max_queue)
-    sched.baseline_bytes = baseline
     model_id = cfg.alias[0] if cfg.alias else Path(cfg.package).resolve().name
-    meta = {"package_id": rt.package_id, "fingerprint": rt.package_id[:16], "n_ctx": cfg.ctx_size,
-            "parallel": cfg.parallel, "level": rt.level or "auto", "kv_dtype": rt.kv_dtype,
-            "budget_bytes": rt.budget_plan.budget if rt.budget_plan else None,
-            "chat_template": "fallback" if template.is_fallback else "package"}
-    state = ServerState(sched, template, model_id, cfg.alias[1:], cfg.api_key, int(time.time()), meta)
+    state = ServerState(template, model_id, cfg.alias[1:], cfg.api_key, int(time.time()))
     app = build_app(state, list(cfg.cors_origins))
     sock = _bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
-    from edgemoe.runtime.budget import fmt_size
-    mem = (f"budget {fmt_size(rt.budget_plan.budget)} (server {fmt_size(outside)}, experts "
-           f"{fmt_size(rt.budget_plan.experts)}, KV {fmt_size(rt.budget_plan.kv_cache)}), batch cap "
-           f"{sched.cap}" if rt.budget_plan else "all experts resident")
-    _say(f"{model_id}: {cfg.parallel} slots x {cfg.ctx_size} tokens, {mem}; loaded in "
-         f"{time.perf_counter() - t0:.1f} s")
-    if template.is_fallback:
-        _say("the package has no chat template: chat requests use the plain fallback "
-             "(System:/User:/Assistant: turns; see edgemoe.runtime.chat_template)")
-    _say(f"listening on http://{cfg.host}:{port}/v1" + (" (API key required)" if cfg.api_key else ""))
     config = uvicorn.Config(app, log_level="warning", lifespan="off", http="h11", loop="asyncio",
                             timeout_keep_alive=5, limit_concurrency=connections + 32)
     server = uvicorn.Server(config)
-    # HTTP on its own thread; the engine loop here, in the thread that loaded and warmed the model
+    # HTTP on its own thread (503 "loading" until the model is in); the engine loop here, in the
+    # thread that loads and warms the model, so that its steps reuse the heap the warm-up measured
     http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="edgemoe-http", daemon=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     http.start()
-    if ready is not None:
-        ready(port)
+    _say(f"listening on http://{cfg.host}:{port}/v1" + (" (API key required)" if cfg.api_key else "")
+         + "; loading the model")
+    rt = None
     try:
+        t0 = time.perf_counter()
+        rt = Runtime(pkg, level=cfg.level, budget=cfg.budget, policy=cfg.policy, context=cfg.ctx_size,
+                     kv_dtype=cfg.kv_dtype, max_batch=cfg.parallel, backend=cfg.backend,
+                     threads=cfg.threads, held_outside=outside if cfg.budget is not None else 0)
+        rt.tokenizer  # noqa: B018  (loaded now, not on the first request)
+        sched = Scheduler(rt, cfg.ctx_size, cfg.max_queue)
+        sched.baseline_bytes = baseline
+        meta = {"package_id": rt.package_id, "fingerprint": rt.package_id[:16], "n_ctx": cfg.ctx_size,
+                "parallel": cfg.parallel, "level": rt.level or "auto", "kv_dtype": rt.kv_dtype,
+                "budget_bytes": rt.budget_plan.budget if rt.budget_plan else None,
+                "chat_template": "fallback" if template.is_fallback else "package"}
+        from edgemoe.runtime.budget import fmt_size
+        mem = (f"budget {fmt_size(rt.budget_plan.budget)} (server {fmt_size(outside)}, experts "
+               f"{fmt_size(rt.budget_plan.experts)}, KV {fmt_size(rt.budget_plan.kv_cache)}), batch cap "
+               f"{sched.cap}" if rt.budget_plan else "all experts resident")
+        if template.is_fallback:
+            _say("the package has no chat template: chat requests use the plain fallback "
+                 "(System:/User:/Assistant: turns; see edgemoe.runtime.chat_template)")
+        state.attach(sched, meta)
+        _say(f"{model_id}: {cfg.parallel} slots x {cfg.ctx_size} tokens, {mem}; loaded in "
+             f"{time.perf_counter() - t0:.1f} s; ready")
+        if ready is not None:
+            ready(port)
         sched.run()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.should_exit = True
-        sched.close()
+        if state.ready:
+            state.scheduler.close()
         http.join(10)
-        rt.close()
+        if rt is not None:
+            rt.close()
         _say("stopped")
 
 

@@ -34,12 +34,17 @@ class ServerProcess:
             self.stop()
             raise RuntimeError("the server did not start: " + "".join(self.log))
         self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(100):
+        while time.time() < deadline:      # /health is 503 until the model is loaded
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=2).read()
                 break
             except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("the server exited: " + "".join(self.log)) from None
                 time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError("the server never became ready: " + "".join(self.log))
 
     def metrics(self, headers=None) -> dict:
         """/metrics as {name or name{labels}: value}."""
