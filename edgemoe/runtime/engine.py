@@ -120,7 +120,7 @@ class Runtime:
                               "(e.g. --budget 100% to keep every expert)")
         if budget is not None and backend in ("ort", "reference"):
             raise ConfigError(f"backend {backend!r} keeps its own copy of every loaded expert "
-                              f"(onnxruntime's packed weights: 2.4-4.8x the record; reference: float32), "
+                              f"(onnxruntime's packed weights: 1.5-1.7x the record; reference: float32), "
                               f"which a byte budget cannot bound; under --budget use planes, tvm or hls")
         if budget is not None:
             pin_malloc_mmap_threshold()
