@@ -5,6 +5,7 @@
     python benchmarks/engine_bench.py policies                 # hebf / lru / lfu / belady on batch traces
     python benchmarks/engine_bench.py headline [--llama-bench B --gguf G]  # Qwen3-30B-A3B x 24 layers, 3 GiB
     python benchmarks/engine_bench.py sweep                    # peak RSS / budget on odd tiny shapes
+    python benchmarks/engine_bench.py resident [--layers 4]    # resident peak RSS / package bytes per level
 
 ``context`` and ``batch`` export a synthetic checkpoint with OLMoE-1B-7B layer shapes (hidden 2048,
 64 experts of 1024, top-8, 16 heads = 16 KV heads, vocabulary 50304; random weights, the embedding
@@ -508,6 +509,44 @@ def bench_sweep(args) -> dict:
     return {"rows": rows}
 
 
+RESIDENT_CHILD = r"""
+import json, sys, time
+from edgemoe.runtime.memory import rss_bytes, start_libraries
+start_libraries()
+base = rss_bytes()
+from edgemoe.runtime.engine import Runtime
+if sys.argv[3] == "keep":      # the previous behaviour: every session keeps its record buffer
+    from edgemoe.backends.ort.backend import OrtBackend
+    OrtBackend._session_ignores_source = lambda self, *a: False
+rt = Runtime(sys.argv[1], level=int(sys.argv[2]))
+r = rt.generate(list(range(5, 21)), 24, stop_at_eos=False)
+print(json.dumps({"rss": rss_bytes() - base, "peak": rss_bytes("VmHWM") - base,
+                  "package": rt.pkg.level_bytes(int(sys.argv[2])) + rt.pkg.dense_bytes(),
+                  "kv": rt.kv.nbytes(), "tok_s": r.decode_tokens_per_s, "ids": r.ids[:8]}))
+"""
+
+
+def bench_resident(args) -> dict:
+    """Resident runs (onnxruntime experts) at each level in a fresh process: peak RSS above the
+    started libraries against the package's bytes at that level (experts + dense) plus the KV cache."""
+    pkg = Path(args.package) if args.package else olmoe_package(args.layers)
+    rows = []
+    for level in [int(x) for x in args.levels.split(",")]:
+        for records in ("released", "keep"):
+            p = subprocess.run([sys.executable, "-c", RESIDENT_CHILD, str(pkg), str(level), records],
+                               capture_output=True, text=True, check=True)
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            r.update(level=level, records=records, ratio=r["peak"] / (r["package"] + r["kv"]))
+            rows.append(r)
+    print(f"\nresident, {pkg}: peak RSS above the started libraries / (package bytes at the level + KV);"
+          f" records released once the sessions exist (default) or kept by them (before)")
+    print(f"{'level':>5} {'records':>9} {'peak MiB':>9} {'package MiB':>12} {'KV MiB':>7} {'ratio':>6} {'tok/s':>6}")
+    for r in rows:
+        print(f"{r['level']:5d} {r['records']:>9} {r['peak'] / 2**20:9.0f} {r['package'] / 2**20:12.0f} "
+              f"{r['kv'] / 2**20:7.1f} {r['ratio']:6.2f} {r['tok_s']:6.1f}")
+    return {"package": str(pkg), "rows": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -539,11 +578,15 @@ def main():
     h.add_argument("--llama-tokens", type=int, default=4)
     s = sub.add_parser("sweep")
     s.add_argument("--budgets", default="50%")
+    r = sub.add_parser("resident")
+    r.add_argument("--layers", type=int, default=4)
+    r.add_argument("--levels", default="8,4,2")
+    r.add_argument("--package", default=None, help="a package to measure (default: the OLMoE-shaped one)")
     args = ap.parse_args()
     info = cpu_info()
     print(f"CPU: {info['model']}, {info['cores']} cores, {' '.join(info['features'])}")
     res = {"context": bench_context, "batch": bench_batch, "policies": bench_policies,
-           "headline": bench_headline, "sweep": bench_sweep}[args.what](args)
+           "headline": bench_headline, "sweep": bench_sweep, "resident": bench_resident}[args.what](args)
     res["cpu"] = info
     OUT.mkdir(exist_ok=True)
     path = OUT / f"engine_{args.what}.json"
