@@ -43,6 +43,7 @@ class ExportPlan:
     arch: MoEArch
     quant: QuantSpec
     files: list[tuple[str, int]] = field(default_factory=list)   # (path, approx bytes)
+    chat: tuple | None = None    # read_chat_config's (template, special tokens, add_bos), with a tokenizer
 
     @property
     def total_bytes(self) -> int:
@@ -98,7 +99,8 @@ def plan_export(src, quant: QuantSpec, dense: DenseQuant = FLOAT32) -> tuple[Exp
     if tok.exists():
         _check_tokenizer(tok)
         plan.files.append((C.TOKENIZER_FILE, tok.stat().st_size))
-        template, _, _ = read_chat_config(Path(src))
+        plan.chat = read_chat_config(Path(src))
+        template = plan.chat[0]
         if template is not None:
             from edgemoe.runtime.chat_template import compile_template
             compile_template(template)        # a template that does not parse fails the export now
@@ -205,7 +207,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         tok_src = Path(src) / C.TOKENIZER_FILE
         if tok_src.exists():
             w.copy_file(C.TOKENIZER_FILE, tok_src)
-            template, special, add_bos = read_chat_config(Path(src))
+            template, special, add_bos = plan.chat
             tokenizer = {C.K_FILE: C.TOKENIZER_FILE, C.K_ADD_BOS: add_bos}
             if template is not None:
                 w.write_bytes(C.CHAT_TEMPLATE_FILE, template.encode("utf-8"))

@@ -65,7 +65,6 @@ class Batch:
         self.seqs: dict[int, Sequence] = {}       # active, by id
         self.finished: dict[int, Sequence] = {}
         self.idle: OrderedDict[int, list[int]] = OrderedDict()   # slot -> ids in its KV, LRU first
-        self.reused_tokens = 0                    # prompt tokens served from idle prefixes so far
         self._next_id = 0
         rt.kv.lengths[:] = 0
         rt.kv.used = 0                            # the batch owns every slot from now on
@@ -114,7 +113,6 @@ class Batch:
         slot, reused = self._take_slot(ids)
         seq = Sequence(self._next_id, ids, int(max_new_tokens), Sampler(sampling or SamplingConfig()),
                        stop_at_eos, slot, fed=reused, logprobs=logprobs, reused=reused)
-        self.reused_tokens += reused
         self.seqs[seq.id] = seq
         self._next_id += 1
         return seq.id

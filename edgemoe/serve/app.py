@@ -63,9 +63,6 @@ def _error(e: P.APIError) -> JSONResponse:
 def _api_error(e: Exception) -> P.APIError:
     if isinstance(e, P.APIError):
         return e
-    if isinstance(e, ContextTooLong):
-        return P.APIError(400, str(e), param="messages", code="context_length_exceeded",
-                          n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx)
     if isinstance(e, QueueFull):
         return P.APIError(503, str(e), type="server_error", code="server_busy",
                           headers={"Retry-After": RETRY_AFTER})
@@ -156,14 +153,14 @@ async def _completion(request: Request, chat: bool):
         prompt_ids = state.rt.encode(text, add_bos=False)
     else:
         prompt_ids = _encode_prompt(state, P.completion_prompt(body))
+    param = "messages" if chat else "prompt"
     if not prompt_ids:
-        raise P.bad("messages" if chat else "prompt", "the prompt is empty after tokenizing")
+        raise P.bad(param, "the prompt is empty after tokenizing")
     try:
         req, sink = _submit(state, prompt_ids, params)
     except ContextTooLong as e:
-        err = _api_error(e)
-        err.param = "messages" if chat else "prompt"
-        raise err from None
+        raise P.APIError(400, str(e), param=param, code="context_length_exceeded",
+                         n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx) from None
     kind = "chat.completion" if chat else "text_completion"
     rid = ("chatcmpl-" if chat else "cmpl-") + req.id
     head = {"id": rid, "object": kind, "created": P.now(), "model": params.model or state.model_id,

@@ -164,7 +164,11 @@ class Scheduler:
                 f"sequence (--ctx-size); shorten the prompt or lower max_tokens", n_prompt, self.ctx_size)
 
     def submit(self, req: Request):
-        self.check(len(req.prompt), req.max_tokens)
+        try:
+            self.check(len(req.prompt), req.max_tokens)
+        except ContextTooLong:
+            self.metrics.rejected["context"] += 1
+            raise
         req.stream = TextStream(self.decode, req.stop)
         with self._cv:
             if len(self.waiting) >= self.max_queue and not self._admissible_now():
@@ -191,7 +195,7 @@ class Scheduler:
         s = {"requests_running": len(running), "requests_waiting": queued,
              "kv_slots": rt.kv.slots, "kv_slots_idle_prefix": len(b.idle),
              "batch_cap": self.cap,
-             "kv_reserved_bytes": sum(min(len(r.prompt) + r.max_tokens, self.ctx_size)
+             "kv_reserved_bytes": sum(len(r.prompt) + r.max_tokens  # <= ctx_size: submit checked
                                       for r in running) * self.kv_bytes_per_token,
              "kv_pool_bytes": rt.kv.slots * self.ctx_size * self.kv_bytes_per_token,
              "kv_tokens_held": int(rt.kv.lengths[:rt.kv.used].sum()),
@@ -217,7 +221,7 @@ class Scheduler:
                 cancels, self._cancels = self._cancels, set()
                 for r in [r for r in self.waiting if r.id in cancels]:
                     self.waiting.remove(r)
-                    self._done(r, "cancelled")
+                    self._retire(r, "cancelled")
                 admitted = []
                 while self.waiting and len(self.running) + len(admitted) < self.cap \
                         and self.batch.free_slots > len(admitted):
@@ -230,7 +234,7 @@ class Scheduler:
                     r.seq = self.batch.add(r.prompt, r.max_tokens, r.sampling, stop_at_eos=r.stop_at_eos,
                                            logprobs=r.logprobs)
                 except EdgeMoEError as e:
-                    self._done(r, "error", error=str(e))
+                    self._retire(r, "error", error=str(e))
                     continue
                 self.running[r.seq] = r
                 seq = self.batch.seqs[r.seq]
@@ -275,6 +279,7 @@ class Scheduler:
                 self._retire(r, self.batch.finished[sid].finish_reason)
 
     def _retire(self, r: Request, reason: str, error: str | None = None):
+        """End a request (admitted or still waiting: then ``r.seq`` is None) and tell its sink."""
         self.running.pop(r.seq, None)
         seq = self.batch.finished.pop(r.seq, None)
         self.metrics.requests["ok" if reason in ("stop", "length") else reason] += 1
@@ -282,7 +287,3 @@ class Scheduler:
         cached = seq.reused if seq is not None else 0
         tail = r.stream.flush() if reason in ("stop", "length") else ""
         r.sink(Done(reason, len(r.prompt), n, cached, tail, error))
-
-    def _done(self, r: Request, reason: str, error: str | None = None):
-        self.metrics.requests["ok" if reason in ("stop", "length") else reason] += 1
-        r.sink(Done(reason, len(r.prompt), 0, 0, "", error))

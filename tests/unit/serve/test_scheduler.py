@@ -109,7 +109,7 @@ def test_context_and_queue_limits(demo_package):
     sched.submit(Request([5, 6, 7], 4, GREEDY, Collect()))
     with pytest.raises(QueueFull, match="--max-queue 1"):
         sched.submit(Request([5, 6, 7], 4, GREEDY, Collect()))
-    assert sched.metrics.rejected["queue_full"] == 1
+    assert sched.metrics.rejected["queue_full"] == 1 and sched.metrics.rejected["context"] == 1
 
 
 def test_cancel_frees_the_slot_for_the_next_request(demo_package):
@@ -168,11 +168,15 @@ def test_expert_batch_cap_follows_the_cache(demo_package):
     assert distinct_experts(64, 8, 8) == pytest.approx(42.0, abs=0.1)
     rt = Runtime(demo_package, max_batch=4, context=64)
     assert expert_batch_cap(rt, 4) == 4                          # resident: slots only
+    # the demo: 8 experts, top-2 -> 2, 3.5, 4.625, 5.47 distinct experts per layer at B = 1..4
     tight = Runtime(demo_package, max_batch=4, context=64, budget="1%", budget_or_minimum=1.01, level=8)
     per = tight.pkg.layout.prefix_length(8)
-    cap = expert_batch_cap(tight, 4)
-    a = tight.arch
-    assert 1 <= cap <= 4
-    assert distinct_experts(a.num_experts, a.top_k, cap) * per <= tight.budget_plan.experts or cap == 1
-    if cap < 4:
-        assert distinct_experts(a.num_experts, a.top_k, cap + 1) * per > tight.budget_plan.experts
+    assert tight.budget_plan.experts < 3.5 * per and expert_batch_cap(tight, 4) == 1
+    roomy = Runtime(demo_package, max_batch=4, context=64, budget="100%", level=8)
+    assert roomy.budget_plan.experts >= 5.47 * per and expert_batch_cap(roomy, 4) == 4
+    # in between, the largest B whose working set fits (a runtime's figures, set by hand)
+    from types import SimpleNamespace
+    for cache, want in ((3.6, 2), (4.7, 3), (4.5, 2), (1.0, 1)):
+        fake = SimpleNamespace(budgeted=object(), arch=tight.arch, pkg=tight.pkg, level=8,
+                               budget_plan=SimpleNamespace(experts=int(cache * per)))
+        assert expert_batch_cap(fake, 4) == want, cache
