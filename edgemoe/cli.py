@@ -436,9 +436,9 @@ def profile(package, device, budgets, policies, level, prompts_file, new_tokens,
               help="write kernels/<device>/ here instead of inside the package")
 @click.option("--activations", type=click.Choice(["auto", "int8", "float32"]), default="auto",
               show_default=True,
-              help="TVM CPU kernels: int8 activations (x86 AVX-512 VNNI, aarch64 dotprod; "
-                   "about 2% error per expert, like onnxruntime's fast path) or float32 (exact); "
-                   "auto = int8 where the CPU has one of them")
+              help="TVM CPU kernels: int8 activations (x86 AVX-512 VNNI or AVX2, aarch64 "
+                   "dotprod or plain NEON; about 2% error per expert, like onnxruntime's fast "
+                   "path) or float32 (exact); auto = int8 wherever the CPU has integer SIMD")
 def compile_cmd(package, devices, out, activations):
     """Build ahead-of-time expert kernels of PACKAGE for boards: TVM libraries (CPU, CUDA, OpenCL)
     or, for FPGA boards, an HLS project with its C-simulation testbench and Vitis script."""

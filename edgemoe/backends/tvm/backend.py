@@ -273,11 +273,13 @@ class TvmBackend:
         return d[3].numpy()
 
 
-def jit_kernels(hidden: int, intermediate: int, quant, buckets=None, int8: bool | None = None) -> KernelSet:
+def jit_kernels(hidden: int, intermediate: int, quant, buckets=None, int8: bool | None = None,
+                target: dict | None = None) -> KernelSet:
     """Compile the host (llvm) kernels in memory, without a package: for tests and benchmarks.
     The runtime uses the ones ``compile_package`` stores in the package. ``int8``: matmul
     kernels with int8 activations (default: where this CPU has a byte dot product, as ``compile``;
-    False: float32 everywhere)."""
+    False: float32 everywhere). ``target``: an llvm target this CPU can run instead of its own
+    (e.g. ``{"mcpu": "haswell"}`` on an AVX-512 machine, to get and run the AVX2 kernels)."""
     tvm = require_tvm()
     from edgemoe.backends.tvm.schedules import schedule_cpu
     from edgemoe.backends.tvm.specs import BUCKETS, int8_matmuls, kernel_specs
@@ -286,12 +288,14 @@ def jit_kernels(hidden: int, intermediate: int, quant, buckets=None, int8: bool 
 
     buckets = tuple(buckets or BUCKETS)
     specs = kernel_specs(hidden, intermediate, quant, buckets)
-    isa = int8_isa(host_target())
+    target = {**host_target(), **(target or {})}
+    isa = int8_isa(target)
     if isa and int8 is not False:
         specs = int8_matmuls(specs, quant, isa)
     ex = tvm.compile(tvm.IRModule({ks.name: schedule_cpu(ks, quant) for ks in specs}),
-                     target=tvm.target.Target(host_target()))
+                     target=tvm.target.Target(target))
     funcs = {ks.name: ex[ks.name] for ks in specs}
-    index = {"kind": "llvm", "kernels": [{"name": ks.name, "activations": ks.activations} for ks in specs]}
+    index = {"kind": "llvm", "target": target, "isa": isa,
+             "kernels": [{"name": ks.name, "activations": ks.activations, "isa": ks.isa} for ks in specs]}
     return KernelSet(Path("."), index, funcs, tvm.cpu(0), True, buckets,
                      np.dtype("uint8"), np.dtype(quant.scale_dtype))

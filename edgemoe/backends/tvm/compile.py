@@ -93,8 +93,8 @@ def build_device(dt: DeviceTarget, quant, specs, folder: Path, progress=None,
         raise ConfigError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
     isa = None if gpu else int8_isa(dt.cpu_target)
     if activations == "int8" and isa is None:
-        raise ConfigError(f"device {dt.name!r} has no byte dot product (x86 AVX-512 VNNI or aarch64 "
-                          f"dotprod), which the int8 kernels use; compile it with --activations auto "
+        raise ConfigError(f"device {dt.name!r} has no integer SIMD the int8 kernels use (x86 AVX2 or "
+                          f"AVX-512 VNNI, aarch64 NEON); compile it with --activations auto "
                           f"or float32 (activations= in Python)")
     if isa and activations != "float32":
         specs = int8_matmuls(specs, quant, isa)     # int8 activations (vpdpbusd / sdot)
@@ -160,11 +160,11 @@ def compile_package(pkg_path, device_targets, out=None, progress=None,
     progress : callable, optional
         ``(stage, done, total)`` callback, as ``export``'s.
     activations : {"auto", "int8", "float32"}
-        Precision of ``x`` in the matmul kernels on CPUs. ``auto``: int8 where the CPU has a
-        byte dot product, x86 AVX-512 VNNI or aarch64 dotprod (x quantized per group in the
-        kernel, as onnxruntime's fast path does: 1.4-2.3% relative error per expert; on this
-        Zen 5 1.1-2.4x faster than float32), float32 elsewhere; ``float32``: the reference's
-        precision everywhere (1e-6).
+        Precision of ``x`` in the matmul kernels on CPUs. ``auto``: int8 wherever the CPU has
+        integer SIMD (``int8dot``: x86 AVX-512 VNNI, else AVX2; aarch64 dotprod, else NEON), x
+        quantized per group in the kernel as onnxruntime's fast path does (1.4-2.3% relative
+        error per expert; 1.1-3.4x faster than float32, see the README's kernel table), float32
+        only on CPUs with none of them; ``float32``: the reference's precision everywhere (1e-6).
 
     Returns
     -------

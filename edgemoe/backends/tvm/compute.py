@@ -11,7 +11,7 @@ from the planes (see ``edgemoe.quant``). Two formulations of ``y [T, N] = x [T, 
   ``inner[l] = sum_{h,s} xu[g,t,h,s,l] * code(h*L + l, s)``; then
   ``part[l] += a * sum_runs 2**(bits-last) * inner[l] + (b - a*z) * xsl[g, t, l]`` with ``xsl`` the
   lane-wise group sums of x, and ``y = sum_l part[l]``. No float weight exists, not even a tile.
-* :func:`matmul_int8` (CPUs with a byte dot product: x86 AVX-512 VNNI, aarch64 dotprod). ``x`` is
+* :func:`matmul_int8` (CPUs with integer SIMD: x86 AVX-512 VNNI / AVX2, aarch64 dotprod / NEON). ``x`` is
   quantized per group to int8 in the kernel (``xq = rint(x * 127 / max|x|)``, as onnxruntime's
   ``accuracy_level 4`` does), and each plane run's codes meet ``xq`` in the dot product
   (``int8dot``): 64 bytes of a plane (16 int32 lanes of 4 bytes, every lane inside one group) per

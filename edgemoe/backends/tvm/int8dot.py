@@ -4,9 +4,16 @@ One intrinsic computes ``C[i] += sum_k A[i, k] * B[i, k]`` for 16 int32 lanes of
 [16, 4] uint8 weight codes (decoded into registers), ``B`` [16, 4] int8 quantized activations.
 
 * x86 with AVX-512 VNNI: one ``vpdpbusd`` (unsigned x signed bytes).
+* x86 with AVX2 only (Zen 1-3, Haswell to Skylake client; llama.cpp's Q8_0 path): per 32 bytes one
+  ``vpmaddubsw`` (unsigned x signed bytes, adjacent pairs summed to int16, saturating) and one
+  ``vpmaddwd`` by ones (adjacent int16 pairs to int32). A pair sum stays below 2^15 only while the
+  codes are below 129: plane runs at most 7 bits wide (``codes_fit``).
 * aarch64 with the dot-product extension (Cortex-A55/A76/A78, Raspberry Pi 5, RK3588, Jetson Orin
   CPUs): four ``sdot`` of 16 bytes. ``sdot`` multiplies signed bytes, so the codes must stay below
   128: every plane run of the level at most 7 bits wide (``codes_fit``).
+* aarch64 without it (Cortex-A72/A53: Raspberry Pi 4, i.MX8): per 16 bytes two ``smull`` (8 signed
+  byte products to int16 each), one ``addp`` (int16 pairs: at most 2 * 127 * 127, no overflow) and a
+  pairwise widening accumulate (``saddlp`` + add, which LLVM emits as ``sadalp``). Codes below 128.
 
 TVM's own x86 / ARM intrinsics broadcast one side (a dense GEMM's activation row); here both sides
 vary per lane.
@@ -17,12 +24,13 @@ from functools import lru_cache
 
 LANES, LANE_BYTES = 16, 4
 BLOCK = LANES * LANE_BYTES          # bytes of weight codes per intrinsic call
-ISAS = ("avx512vnni", "dotprod")
+ISAS = ("avx512vnni", "avx2", "dotprod", "neon")
 
 
 def int8_isa(target) -> str | None:
-    """The byte dot product the llvm ``target`` (a tvm Target or dict) has: "avx512vnni",
-    "dotprod", or None (then the kernels keep float32 activations)."""
+    """The byte dot product the llvm ``target`` (a tvm Target or dict) has, best first: x86
+    "avx512vnni" or "avx2", aarch64 "dotprod" or "neon" (every aarch64 CPU has NEON); None for
+    anything else (then the kernels keep float32 activations)."""
     import tvm
     from tvm.target import codegen
 
@@ -31,10 +39,12 @@ def int8_isa(target) -> str | None:
     if str(target.kind.name) != "llvm":
         return None
     arch = str(target.attrs.get("mtriple", "")).split("-")[0]
-    if arch == "x86_64" and codegen.target_has_features("avx512vnni", target):
-        return "avx512vnni"
-    if arch == "aarch64" and codegen.target_has_features("dotprod", target):
-        return "dotprod"
+    if arch == "x86_64":
+        for isa in ("avx512vnni", "avx2"):
+            if codegen.target_has_features(isa, target):
+                return isa
+    if arch == "aarch64":
+        return "dotprod" if codegen.target_has_features("dotprod", target) else "neon"
     return None
 
 
@@ -64,7 +74,8 @@ def _desc():
 def _impl(isa: str):
     from tvm.script import tirx as T
 
-    vnni = isa == "avx512vnni"      # a Python value: the branch is taken when the script is parsed
+    # Python values: the branches are taken when the script is parsed
+    vnni, avx2, sdot = isa == "avx512vnni", isa == "avx2", isa == "dotprod"
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((16, 4), "uint8", offset_factor=1, scope="local"),
@@ -77,13 +88,38 @@ def _impl(isa: str):
                 c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], "int32x16"),
                     a.vload([0, 0], "uint8x64"), b.vload([0, 0], "int8x64"), dtype="int32x16")
-            else:      # 4 lanes (16 bytes) per sdot; codes < 128 (codes_fit)
+            elif avx2:  # 8 lanes (32 bytes) per vpmaddubsw + vpmaddwd by ones; codes < 129 (codes_fit)
+                for h in T.unroll(2):
+                    c[T.ramp(h * 8, 1, 8)] = c.vload([h * 8], "int32x8") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                            a.vload([h * 8, 0], "uint8x32"), b.vload([h * 8, 0], "int8x32"),
+                            dtype="int16x16"),
+                        T.broadcast(T.int16(1), 16), dtype="int32x8")
+            elif sdot:  # 4 lanes (16 bytes) per sdot; codes < 128 (codes_fit)
                 for q in T.unroll(4):
                     c[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
                         c.vload([q * 4], "int32x4"),
                         T.reinterpret(a.vload([q * 4, 0], "uint8x16"), dtype="int8x16"),
                         b.vload([q * 4, 0], "int8x16"), dtype="int32x4")
+            else:       # NEON: 4 lanes per smull x2 + addp + sadalp; codes < 128 (codes_fit)
+                for q in T.unroll(4):
+                    c[T.ramp(q * 4, 1, 4)] = c.vload([q * 4], "int32x4") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                        T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v8i16"),
+                            T.call_llvm_pure_intrin(       # lanes 4q, 4q+1: bytes 0-7
+                                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                T.reinterpret(a.vload([q * 4, 0], "uint8x8"), dtype="int8x8"),
+                                b.vload([q * 4, 0], "int8x8"), dtype="int16x8"),
+                            T.call_llvm_pure_intrin(       # lanes 4q+2, 4q+3: bytes 8-15
+                                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                T.reinterpret(a.vload([q * 4 + 2, 0], "uint8x8"), dtype="int8x8"),
+                                b.vload([q * 4 + 2, 0], "int8x8"), dtype="int16x8"),
+                            dtype="int16x8"),
+                        dtype="int32x4")
     return impl
 
 

@@ -1,6 +1,7 @@
 """TVM host kernels on the bit planes: every kernel, every level, GEMV (T=1) and GEMM (T=4, 16),
 against the numpy reference (``decode_record`` + float64 matmul; for the int8-activation GEMVs
-that CPUs with a byte dot product get, ``matmul_from_planes_int8``), on small shapes."""
+that CPUs with integer SIMD get, ``matmul_from_planes_int8``), on small shapes: this CPU's own
+kernels, and the AVX2 ones (built for Haswell) where it has AVX2."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,12 @@ CASES = {"2-4-8/gs64": (QuantSpec(), 128, 96),
          # int8 with a full 16-group offset vector (gate_up K = 1024), and groups of 32 with a
          # merged 8-bit run (x86 VNNI; too wide for ARM's signed sdot)
          "2-4-8/gs64/int8-wide": (QuantSpec(), 1024, 256),
-         "4-8/gs32/int8": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 256, 512)}
+         "4-8/gs32/int8": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 256, 512),
+         # the same two on AVX2 (vpmaddubsw; built for Haswell, so they run on any AVX2 CPU): the
+         # merged 8-bit run is too wide for its saturating int16 pair sums and stays float32
+         "2-4-8/gs64/int8/avx2": (QuantSpec(), 256, 512),
+         "4-8/gs32/int8/avx2": (QuantSpec(ladder=(4, 8), group_size=32, scale_dtype="float32"), 256, 512)}
+TARGETS = {"avx2": {"mcpu": "haswell"}}       # case-name suffix -> llvm target (else this CPU's)
 BUCKETS = (1, 4, 16)
 
 
@@ -41,15 +47,18 @@ def _record(spec, hidden, inter, seed=0):
 def case(request):
     from edgemoe.backends.tvm.backend import TvmBackend, jit_kernels
 
-    spec, hidden, inter = CASES[request.param]
-    from edgemoe.backends.tvm.targets import host_target
-    from edgemoe.backends.tvm.int8dot import int8_isa
+    from edgemoe.backends.tvm.runtime_lib import cpu_flags
 
+    spec, hidden, inter = CASES[request.param]
+    target = TARGETS.get(request.param.rsplit("/", 1)[-1])
+    if target is not None and "avx2" not in cpu_flags():
+        pytest.skip("this CPU has no AVX2 to run the AVX2 kernels on")
     chunks, layout = _record(spec, hidden, inter)
     buf = np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
-    ks = jit_kernels(hidden, inter, spec, BUCKETS)
-    return {"int8": int8_isa(host_target()) is not None, "name": request.param, "spec": spec, "hidden": hidden, "inter": inter, "chunks": chunks,
-            "layout": layout, "buf": buf, "kernels": ks, "backend": TvmBackend()}
+    ks = jit_kernels(hidden, inter, spec, BUCKETS, target=target)
+    return {"isa": ks.index["isa"], "name": request.param, "spec": spec, "hidden": hidden,
+            "inter": inter, "chunks": chunks, "layout": layout, "buf": buf, "kernels": ks,
+            "backend": TvmBackend()}
 
 
 def _rel(y, ref):
@@ -111,20 +120,27 @@ def test_every_matmul_kernel_matches_reference(case, tokens):
 
 
 def test_int8_kernels_are_used_where_they_fit(case):
-    """On a CPU with a byte dot product the int8 case's kernels are int8 (so the tests above check them
-    against the int8 reference); the int8 reference itself stays within 2% of the float product."""
+    """On a CPU with integer SIMD the int8 cases' kernels are int8 wherever the codes suit its byte
+    product (so the tests above check them against the int8 reference); the int8 reference itself
+    stays within 2% of the float product."""
+    from edgemoe.backends.tvm.int8dot import codes_fit
+    from edgemoe.backends.tvm.specs import plane_runs
     from edgemoe.quant.record import decode_record as dec
 
-    spec, layout = case["spec"], case["layout"]
+    spec, layout, isa = case["spec"], case["layout"], case["isa"]
     used = {(m, bits) for m, _, _ in layout.matrices for bits in spec.ladder if _int8(case, m, bits)}
-    if not case["name"].endswith(("/int8", "/int8-wide")):
+    if "/int8" not in case["name"]:
         assert not used, used          # shapes that do not fit stay float32
         return
-    if not case["int8"]:
-        pytest.skip("this CPU has no byte dot product (AVX-512 VNNI, dotprod): the kernels are float32 here")
-    assert used == {(m, bits) for m, _, _ in layout.matrices for bits in spec.ladder}
+    if isa is None:
+        pytest.skip("this CPU has no integer SIMD the int8 kernels use: they are float32 here")
+    fit = {bits for bits in spec.ladder
+           if all(codes_fit(isa, r.width * len(r.planes)) for r in plane_runs(spec, bits))}
+    assert used == {(m, bits) for m, _, _ in layout.matrices for bits in fit}
+    if case["name"] == "4-8/gs32/int8/avx2":
+        assert fit == {4}              # the merged 8-bit run would saturate vpmaddubsw's pair sums
     x = np.random.default_rng(9).standard_normal((1, case["hidden"])).astype(np.float32)
-    for bits in spec.ladder:
+    for bits in sorted(fit):
         exact = x.astype(np.float64) @ dec(case["buf"], layout, bits)["gate_up"].astype(np.float64).T
         assert 1e-4 < _rel(_product(case, x, "gate_up", bits), exact) < 2e-2
 
@@ -197,7 +213,7 @@ def test_int8_kernels_match_onnxruntime_int8_path(case, tokens):
     from edgemoe.backends.ort.backend import session_options, slot_views
     from edgemoe.package.expert_graph import expert_graph
 
-    if case["name"] != "2-4-8/gs64/int8" or not case["int8"]:
+    if not case["name"].startswith("2-4-8/gs64/int8") or case["isa"] is None:
         pytest.skip("needs the int8 case's shapes on a CPU with a byte dot product")
     spec, layout, buf, be = case["spec"], case["layout"], case["buf"], case["backend"]
     x = np.random.default_rng(11).standard_normal((tokens, case["hidden"])).astype(np.float32)

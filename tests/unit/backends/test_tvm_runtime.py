@@ -235,15 +235,16 @@ def test_runtime_default_kernels_greedy_tokens_match_ort(demo, level):
 
 
 @needs_tvm
-def test_int8_kernels_are_refused_for_cpus_without_a_byte_dot_product(tmp_path):
+def test_int8_kernels_are_refused_for_cpus_without_integer_simd(tmp_path):
     from edgemoe.backends.tvm.compile import build_device
     from edgemoe.backends.tvm.specs import kernel_specs
     from edgemoe.backends.tvm.targets import resolve
     from edgemoe.quant.spec import QuantSpec
 
-    dt = resolve(["aarch64"])["aarch64"]
+    # x86-64 baseline (SSE2): no AVX2, no VNNI; every aarch64 CPU has NEON
+    dt = resolve({"sse2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"}})["sse2"]
     spec = QuantSpec()
-    with pytest.raises(ConfigError, match="no byte dot product.*--activations auto or float32"):
+    with pytest.raises(ConfigError, match="no integer SIMD.*--activations auto or float32"):
         build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int8")
     with pytest.raises(ConfigError, match="activations must be one of"):
         build_device(dt, spec, kernel_specs(256, 256, spec, (1,)), tmp_path, activations="int4")

@@ -191,13 +191,35 @@ def test_aarch64_library_runs_under_qemu(tmp_path, record):
     cmd = _qemu_python()
     layout, buf = record
     index = _build("aarch64", "aarch64", tmp_path, buckets=(1, 16))      # GEMV and GEMM
-    assert all(k.get("activations") != "int8" for k in index["kernels"])    # Cortex-A72: no dotprod
+    assert all(k.get("activations") != "int8" for k in index["kernels"])    # these shapes: float32
     errs = _run_under_qemu(cmd, index, layout, buf, tmp_path)
     print(f"aarch64 under qemu: {len(errs)} kernels, max rel err {max(errs.values()):.2e}", file=sys.stderr)
     assert max(errs.values()) < 1e-4, errs
 
 
+@pytest.mark.hardware
+@pytest.mark.parametrize("target", ["a72", "pi5"])
+def test_aarch64_int8_kernels_run_under_qemu(tmp_path, int8_record, target):
+    """The int8-activation kernels of a Cortex-A72 (NEON smull/addp/sadalp) and of a Cortex-A76
+    (sdot), run on an emulated CPU against the int8 reference (``matmul_from_planes_int8``)."""
+    from edgemoe.backends.tvm.compile import build_device
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.backends.tvm.targets import resolve
+
+    cmd = _qemu_python()
+    layout, buf = int8_record
+    dt = resolve({target: A72 if target == "a72" else PI5})[target]
+    index = build_device(dt, SPEC, kernel_specs(256, 256, SPEC, (1, 16)), tmp_path)
+    mats = [k for k in index["kernels"] if k["op"] == "matmul"]
+    assert mats and all(k["activations"] == "int8" for k in mats)
+    errs = _run_under_qemu(cmd, index, layout, buf, tmp_path)
+    print(f"{target} int8 under qemu: {len(errs)} kernels, max rel err {max(errs.values()):.2e}",
+          file=sys.stderr)
+    assert max(errs.values()) < 1e-4, errs
+
+
 PI5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}   # dotprod
+A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}   # NEON, no dotprod
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +329,42 @@ def test_opencl_kernels_run_on_pocl_and_match_reference(tmp_path, record):
         assert err < 1e-4, (k["name"], err)
     print(f"OpenCL on {device.name}: max rel err {worst:.2e} over {len(index['kernels'])} kernels",
           file=sys.stderr)
+
+
+@pytest.mark.skipif(shutil.which(AARCH64_CC) is None, reason=f"{AARCH64_CC} is not installed")
+def test_aarch64_kernels_without_dotprod_use_smull_and_sadalp(tmp_path):
+    """A Cortex-A72 (Raspberry Pi 4) has no dotprod: its int8-activation kernels multiply bytes with
+    ``smull`` and accumulate with ``sadalp`` (never ``sdot``), instead of falling back to float32."""
+    from edgemoe.backends.tvm.compile import build_device
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.backends.tvm.targets import resolve
+
+    dt = resolve({"a72": A72})["a72"]
+    index = build_device(dt, SPEC, kernel_specs(256, 256, SPEC, (1,)), tmp_path)
+    mats = [k for k in index["kernels"] if k["op"] == "matmul"]
+    assert mats and all(k["activations"] == "int8" and k["isa"] == "neon" for k in mats)
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("aarch64-linux-gnu-objdump is not installed (binutils-aarch64-linux-gnu)")
+    asm = subprocess.run([objdump, "-d", str(tmp_path / index["files"]["library"]["file"])],
+                         capture_output=True, text=True).stdout
+    assert "smull\tv" in asm and "sadalp\tv" in asm, "no smull / sadalp in the int8 kernels"
+    assert "sdot\t" not in asm
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed (binutils)")
+def test_x86_avx2_kernels_use_vpmaddubsw(tmp_path):
+    """An AVX2 CPU without VNNI (Zen 3, Haswell..Skylake client) gets int8-activation kernels on
+    ``vpmaddubsw`` + ``vpmaddwd``, not float32 ones and not ``vpdpbusd`` (which it lacks)."""
+    from edgemoe.backends.tvm.compile import build_device
+    from edgemoe.backends.tvm.specs import kernel_specs
+    from edgemoe.backends.tvm.targets import resolve
+
+    dt = resolve({"zen3": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}})["zen3"]
+    index = build_device(dt, SPEC, kernel_specs(256, 256, SPEC, (1,)), tmp_path)
+    mats = [k for k in index["kernels"] if k["op"] == "matmul"]
+    assert mats and all(k["activations"] == "int8" and k["isa"] == "avx2" for k in mats)
+    asm = subprocess.run(["objdump", "-d", str(tmp_path / index["files"]["library"]["file"])],
+                         capture_output=True, text=True).stdout
+    assert "vpmaddubsw" in asm and "vpmaddwd" in asm, "no vpmaddubsw / vpmaddwd in the int8 kernels"
+    assert "vpdpbusd" not in asm and "zmm" not in asm
