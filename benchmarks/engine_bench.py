@@ -6,6 +6,7 @@
     python benchmarks/engine_bench.py headline [--llama-bench B --gguf G]  # Qwen3-30B-A3B x 24 layers, 3 GiB
     python benchmarks/engine_bench.py sweep                    # peak RSS / budget on odd tiny shapes
     python benchmarks/engine_bench.py resident [--layers 4]    # resident peak RSS / package bytes per level
+    python benchmarks/engine_bench.py layer [--package P]      # where a decode token goes, per-expert vs grouped
 
 ``context`` and ``batch`` export a synthetic checkpoint with OLMoE-1B-7B layer shapes (hidden 2048,
 64 experts of 1024, top-8, 16 heads = 16 KV heads, vocabulary 50304; random weights, the embedding
@@ -547,6 +548,118 @@ def bench_resident(args) -> dict:
     return {"package": str(pkg), "rows": rows}
 
 
+class _Timed:
+    """A proxy of an onnxruntime session (or anything with ``run``-like methods) adding the wall
+    time of its calls to ``acc[key]``."""
+
+    def __init__(self, inner, acc: dict, key: str):
+        self._inner, self._acc, self._key = inner, acc, key
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not name.startswith("run"):
+            return attr
+
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return attr(*a, **kw)
+            finally:
+                self._acc[self._key] += time.perf_counter() - t
+        return timed
+
+
+def _per_expert_moe(rt):
+    """The engine's MoE step before the grouped call (one ``run`` per expert, the sum per expert),
+    kept here to measure it beside the grouped one in the same process."""
+    import edgemoe.runtime.engine as engine
+
+    def moe(layer, x, logits):
+        experts, weights = engine.route(logits, rt.arch)
+        rt.last_routing.append(experts)
+        out = np.zeros_like(x)
+        for e in np.unique(experts):
+            rows, slot = np.nonzero(experts == e)
+            out[rows] += weights[rows, slot, None] * rt.backend.run(rt._experts[(layer, int(e))], x[rows])
+        return out
+    return moe
+
+
+def bench_layer(args) -> dict:
+    """Where a resident decode token goes at batch 1 (embedding, layer graphs, routing, experts,
+    the MoE layer's other Python, LM head), with the MoE step as one call per expert (before) and as
+    the grouped call (after), side by side in one process; medians over --steps tokens."""
+    import edgemoe.runtime.engine as engine
+    from edgemoe.runtime.engine import Runtime
+
+    pkg = Path(args.package) if args.package else olmoe_package(args.layers)
+    rows = []
+    for backend in args.backends.split(","):
+        try:
+            rt = Runtime(pkg, level=args.level, backend=backend)
+        except Exception as e:     # noqa: BLE001  (tvm without compiled kernels: say so, go on)
+            print(f"{backend}: skipped ({e})")
+            continue
+        acc = dict.fromkeys(("embed", "head", "layer graphs", "routing", "experts", "moe"), 0.0)
+        grouped = rt._moe
+        real_route, real_group = engine.route, engine.run_group
+        rt._embed = _Timed(rt._embed, acc, "embed")
+        rt._head = _Timed(rt._head, acc, "head")
+        rt._layers = [_Timed(s, acc, "layer graphs") for s in rt._layers]
+        backend_run = rt.backend.run
+
+        def timed(fn, key):
+            def f(*a, **kw):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    acc[key] += time.perf_counter() - t
+            return f
+        engine.route = timed(real_route, "routing")
+        engine.run_group = timed(real_group, "experts")
+        rt.backend.run = timed(backend_run, "experts")
+        moe_layers = len(rt.arch.moe_layers)
+        try:
+            for mode, moe in (("per-expert", _per_expert_moe(rt)), ("grouped", grouped)):
+                rt._moe = timed(moe, "moe")
+                if mode == "per-expert":
+                    rt.backend.run = timed(backend_run, "experts")
+                else:                           # run_group's own calls to run are inside "experts"
+                    rt.backend.run = backend_run
+                for rep in range(args.reps):
+                    rt.reset()
+                    rt.step([(0, list(range(1, 17)))])
+                    per = []
+                    tok = 5
+                    for _ in range(args.steps):
+                        for k in ("embed", "head", "layer graphs", "routing", "experts", "moe"):
+                            acc[k] = 0.0
+                        t = time.perf_counter()
+                        rt.step([(0, [tok])])
+                        total = time.perf_counter() - t
+                        tok = (tok * 7 + 3) % 1000
+                        per.append({**acc, "total": total})
+                    med = {k: float(np.median([p[k] for p in per])) for k in per[0]}
+                    med["moe python"] = med["moe"] - med["experts"] - med["routing"]
+                    med["other python"] = med["total"] - med["moe"] - med["embed"] - med["head"] - med["layer graphs"]
+                    rows.append({"backend": backend, "mode": mode, "rep": rep, "level": args.level,
+                                 **{k: v * 1e3 for k, v in med.items()},
+                                 "moe python per layer us": (med["moe python"] + med["routing"]) / moe_layers * 1e6,
+                                 "tok_s": 1 / med["total"]})
+        finally:
+            engine.route, engine.run_group = real_route, real_group
+            rt.close()
+    cols = ["total", "embed", "layer graphs", "routing", "experts", "moe python", "other python", "head"]
+    print(f"\n{pkg}, level {args.level}, batch 1, decode after a 16-token prompt: ms per token "
+          f"(medians of {args.steps}); Python per MoE layer = routing + the MoE step's Python")
+    print(f"{'backend':>7} {'mode':>10} " + " ".join(f"{c:>12}" for c in cols) + f" {'py/layer us':>11} {'tok/s':>6}")
+    for r in rows:
+        print(f"{r['backend']:>7} {r['mode']:>10} " + " ".join(f"{r[c]:12.2f}" for c in cols)
+              + f" {r['moe python per layer us']:11.0f} {r['tok_s']:6.1f}")
+    return {"package": str(pkg), "rows": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -582,11 +695,19 @@ def main():
     r.add_argument("--layers", type=int, default=4)
     r.add_argument("--levels", default="8,4,2")
     r.add_argument("--package", default=None, help="a package to measure (default: the OLMoE-shaped one)")
+    y = sub.add_parser("layer")
+    y.add_argument("--layers", type=int, default=4)
+    y.add_argument("--level", type=int, default=8)
+    y.add_argument("--steps", type=int, default=32)
+    y.add_argument("--reps", type=int, default=2, help="alternations of the two modes")
+    y.add_argument("--backends", default="ort,tvm")
+    y.add_argument("--package", default=None, help="a package to measure (default: the OLMoE-shaped one)")
     args = ap.parse_args()
     info = cpu_info()
     print(f"CPU: {info['model']}, {info['cores']} cores, {' '.join(info['features'])}")
     res = {"context": bench_context, "batch": bench_batch, "policies": bench_policies,
-           "headline": bench_headline, "sweep": bench_sweep, "resident": bench_resident}[args.what](args)
+           "headline": bench_headline, "sweep": bench_sweep, "resident": bench_resident,
+           "layer": bench_layer}[args.what](args)
     res["cpu"] = info
     OUT.mkdir(exist_ok=True)
     path = OUT / f"engine_{args.what}.json"

@@ -73,6 +73,16 @@ class DenseQuant:
 FLOAT32 = DenseQuant()
 
 
+def default_dense(quant) -> DenseQuant:
+    """Export's default for the dense matrices: int8 groups of the experts' group size, since
+    float32 ones make every token read the LM head and attention at 4 bytes a weight (measured on
+    OLMoE-1B-7B shapes x 4 layers, level 8: 13.1 -> 25.6 tok/s); float32 when the experts are
+    float32 too (the exact path, for parity with the checkpoint)."""
+    if quant.scheme == "float32":
+        return FLOAT32
+    return DenseQuant("int8", max(16, min(256, quant.group_size)))
+
+
 def quantize_int8_groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     """W [N, K] float -> (codes uint8 [N, G, gs], scales float32 [N, G])."""
     w = np.asarray(w, dtype=np.float32)

@@ -15,6 +15,7 @@ from edgemoe.errors import BudgetError
 from edgemoe.package.reader import Package
 from edgemoe.runtime.cache import ExpertCache
 from edgemoe.runtime.events import Event
+from edgemoe.runtime.expert_rows import ExpertRows
 from edgemoe.runtime.loader import Loader
 from edgemoe.schedulers.base import CacheView, Heat, LayerRequest
 
@@ -108,8 +109,9 @@ class BudgetedExperts:
                 predicted: tuple = ()) -> np.ndarray:
         """x [T, H] routed to experts [T, k] with weights [T, k] -> sum of weighted expert outputs."""
         self._harvest()
-        uniq, counts = np.unique(experts, return_counts=True)
-        needed = tuple((int(e), int(c)) for e, c in zip(uniq, counts))
+        rows = ExpertRows.of(experts)
+        slot_of = {e: i for i, e in enumerate(rows.ids.tolist())}
+        needed = tuple(zip(rows.ids.tolist(), rows.counts().tolist()))
         req = LayerRequest(self.step, layer, needed, self.level, tuple(predicted))
         plan = self.policy.plan(req, self._view())
         for key, keep in plan.drops:
@@ -118,8 +120,9 @@ class BudgetedExperts:
         queue = deque(plan.loads)
         waiting = {(layer, e) for e, _ in plan.compute}       # still to compute this layer
         self._pump(queue, waiting)
-        out = np.zeros_like(x)
-        t_compute, hits, used_bits = 0.0, [], []
+        xs = rows.gather(x)
+        ys = np.zeros_like(xs)        # expert-major rows; summed once at the end, so the sum is
+        t_compute, hits, used_bits = 0.0, [], []   # the resident runtime's, whatever the order
         for e, bits in plan.compute:
             key = (layer, e)
             want = self.cache.ladder.index(bits) + 1
@@ -136,15 +139,15 @@ class BudgetedExperts:
             if handle is None:
                 handle = entry.handles[bits] = self.backend.load(self.pkg, layer, e, bits,
                                                                  entry.chunks[:want])
-            rows, slot = np.nonzero(experts == e)
+            lo, hi = rows.bounds[slot_of[e]], rows.bounds[slot_of[e] + 1]
             t0 = time.perf_counter()
-            out[rows] += weights[rows, slot, None] * self.backend.run(handle, x[rows])
+            ys[lo:hi] = self.backend.run(handle, xs[lo:hi])
             t1 = time.perf_counter()
             t_compute += t1 - t0
             if self.events is not None:
-                self.events(Event("compute", t0, t1, self.step, layer, e, bits, len(rows)))
+                self.events(Event("compute", t0, t1, self.step, layer, e, bits, int(hi - lo)))
             used_bits.append(bits)
-            self.level_mix[bits] += len(rows)
+            self.level_mix[bits] += int(hi - lo)
             entry.last_use, entry.uses = self.step, entry.uses + 1
             waiting.discard(key)
             self._pump(queue, waiting)
@@ -166,7 +169,7 @@ class BudgetedExperts:
             self.trace.layer(self.step, layer, [e for e, _ in plan.compute],
                              [count[e] for e, _ in plan.compute], used_bits, hits,
                              self.loader.bytes_read - bytes0, t_compute)
-        return out
+        return rows.combine(ys, weights)
 
     def end_step(self):
         """Close a forward step: fold this step's routing into the heat (EMA over steps)."""

@@ -18,11 +18,13 @@ import numpy as np
 import onnxruntime as ort
 
 from edgemoe.backends import get_backend
+from edgemoe.backends.base import run_group
 from edgemoe.errors import BudgetError, ConfigError, PackageError
 from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import (DEFAULT_KV_DTYPE, DENSE_OUTPUTS, KV_OUTPUTS, KV_SCALE_INPUTS,
                                       MOE_OUTPUTS)
 from edgemoe.runtime.events import Event
+from edgemoe.runtime.expert_rows import ExpertRows
 from edgemoe.package.record_store import ExpertStore
 from edgemoe.runtime.budget import PREFILL_CHUNK, fmt_size, plan_budget
 from edgemoe.runtime.budgeted import BudgetedExperts
@@ -468,12 +470,12 @@ class Runtime:
                 self.recall[1] += len(actual)
             self._pending_pred = {e for _, e in pred} or None
             return self.budgeted.compute(layer, x, experts, weights, pred)
-        out = np.zeros_like(x)
-        for e in np.unique(experts):
-            rows, slot = np.nonzero(experts == e)
-            y = self.backend.run(self._experts[(layer, int(e))], x[rows])
-            out[rows] += weights[rows, slot, None] * y
-        return out
+        # one grouped call for every chosen expert (backends.base.run_group), then one weighted sum
+        rows = ExpertRows.of(experts)
+        xs = rows.gather(x)
+        handles = [self._experts[(layer, e)] for e in rows.ids.tolist()]
+        return rows.combine(run_group(self.backend, handles, xs, rows.bounds, np.empty_like(xs)),
+                            weights)
 
     def _predict(self, layer: int, x: np.ndarray) -> tuple:
         """The next MoE layer's experts, from its router applied to this layer's MoE input."""

@@ -117,6 +117,7 @@ class TvmBackend:
         self.unavailable_reason = runtime_missing_reason()
         os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
         self._sets: dict = {}
+        self._scratch: dict = {}      # (rows, I) -> the grouped call's work buffers
 
     def is_available(self) -> bool:
         """True if TVM's runtime can load kernels here (checked without importing it; GPU kernels
@@ -237,7 +238,9 @@ class TvmBackend:
             offset = slot_array(buf, layout, layout.slot(m, "offset", bits)).view(ks.scales_dtype)
             args[m] = [self._tensor(ks, a) for a in (*planes, scale, offset)]
         shapes = dict((m, (n, k)) for m, n, k in layout.matrices)
-        return {"kernels": ks, "bits": bits, "args": args, "buf": buf,
+        by_rows = {t: (ks.funcs[kernel_name("gate_up", bits, t)], ks.funcs[f"swiglu_t{t}"],
+                       ks.funcs[kernel_name("down", bits, t)]) for t in ks.buckets}
+        return {"kernels": ks, "bits": bits, "args": args, "buf": buf, "by_rows": by_rows,
                 "hidden": shapes["down"][0], "intermediate": shapes["down"][1]}
 
     def run(self, handle, x):
@@ -262,6 +265,35 @@ class TvmBackend:
                 y = self._run_device(ks, handle, bits, t, xb, gu, h, y)
             out[start:stop] = y[:stop - start]
         return out
+
+    def run_group(self, handles, xs, bounds, out):
+        """The grouped call (``backends.base``): on CPUs, an expert whose rows fill a token bucket
+        exactly (every decode row: T = 1) runs its three kernels straight from ``xs`` into ``out``
+        over work buffers kept per bucket, without the per-call padding and allocations of
+        ``run``; other row counts go through ``run``."""
+        xs = np.ascontiguousarray(xs, dtype=np.float32)
+        b = bounds.tolist()
+        for i, h in enumerate(handles):
+            lo, hi = b[i], b[i + 1]
+            ks = h["kernels"]
+            fns = h["by_rows"].get(hi - lo) if ks.on_cpu else None
+            if fns is None:
+                out[lo:hi] = self.run(h, xs[lo:hi])
+                continue
+            gate_up, swiglu, down = fns
+            gu, mid = self._work(hi - lo, h["intermediate"])
+            gate_up(xs[lo:hi], *h["args"]["gate_up"], gu)
+            swiglu(gu, mid)
+            down(mid, *h["args"]["down"], out[lo:hi])
+
+    def _work(self, t: int, inter: int):
+        """Work buffers [t, 2I] and [t, I] of the grouped call, made once per shape."""
+        key = (t, inter)
+        bufs = self._scratch.get(key)
+        if bufs is None:
+            bufs = self._scratch[key] = (np.empty((t, 2 * inter), np.float32),
+                                         np.empty((t, inter), np.float32))
+        return bufs
 
     def _run_device(self, ks, handle, bits, t, xb, gu, h, y):
         import tvm

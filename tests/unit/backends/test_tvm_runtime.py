@@ -29,8 +29,10 @@ def demo(tmp_path_factory):
     from edgemoe.backends.tvm.compile import compile_package
     from edgemoe.demo import builtin_checkpoint
     from edgemoe.exporters.export import export
+    from edgemoe.quant.dense import FLOAT32
 
-    pkg = export(builtin_checkpoint(), tmp_path_factory.mktemp("demo") / "tiny-moe.edgemoe")
+    pkg = export(builtin_checkpoint(), tmp_path_factory.mktemp("demo") / "tiny-moe.edgemoe",
+                 dense=FLOAT32)
     stages = []
     built = compile_package(pkg, ["host"], progress=lambda s, d, t: stages.append(s))
     # the same host kernels with float32 activations everywhere: exact against the numpy backends

@@ -20,7 +20,7 @@ from edgemoe.exporters.export import export  # noqa: E402
 from edgemoe.package import constants as C  # noqa: E402
 from edgemoe.package.graph_io import ROUTER_WEIGHT  # noqa: E402
 from edgemoe.package.reader import Package  # noqa: E402
-from edgemoe.quant.dense import DenseQuant, dequantize_int8_groups, quantize_int8_groups  # noqa: E402
+from edgemoe.quant.dense import FLOAT32, DenseQuant, dequantize_int8_groups, quantize_int8_groups  # noqa: E402
 from edgemoe.runtime.engine import Runtime  # noqa: E402
 
 INT8 = DenseQuant("int8", 64)
@@ -31,7 +31,7 @@ FAMILIES = ["mixtral", "qwen2_moe", "phimoe", "granitemoe"]
 def pair(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
     model = tiny_models.build(request.param, d / "hf")
-    return model, export(d / "hf", d / "f32.edgemoe"), export(d / "hf", d / "i8.edgemoe", dense=INT8)
+    return model, export(d / "hf", d / "f32.edgemoe", dense=FLOAT32), export(d / "hf", d / "i8.edgemoe", dense=INT8)
 
 
 def _logits(pkg, ids, **kw):
@@ -114,3 +114,19 @@ def test_cli_export_dense_int8_and_inspect(pair, tmp_path):
     assert info["dense"] == INT8.to_dict()
     r = CliRunner().invoke(main, ["export", src, "-o", str(tmp_path / "q"), "--dense", "int4"])
     assert r.exit_code == 2 and "int4" in r.output
+
+
+def test_dense_defaults_to_int8_and_to_float32_on_the_exact_path(pair, tmp_path):
+    """Export's default: int8 dense graphs of the experts' group size; float32 (exact) with
+    float32 experts, or when asked for."""
+    model, f32, _ = pair
+    src = Package(f32).manifest[C.K_PRODUCER]["source"]["path"]
+    cases = {"d": ([], DenseQuant("int8", 64)), "g32": (["--group-size", "32"], DenseQuant("int8", 32)),
+             "x": (["--experts", "float32"], FLOAT32), "f": (["--dense", "float32"], FLOAT32)}
+    for name, (args, want) in cases.items():
+        r = CliRunner().invoke(main, ["export", src, "-o", str(tmp_path / name), *args])
+        assert r.exit_code == 0, r.output
+        assert Package(tmp_path / name).dense == want, name
+    assert Package(export(src, tmp_path / "py")).dense == DenseQuant("int8", 64)
+    r = CliRunner().invoke(main, ["export", "--help"])
+    assert "default: int8; float32 with --experts float32" in " ".join(r.output.split())
