@@ -7,6 +7,8 @@
     python benchmarks/engine_bench.py sweep                    # peak RSS / budget on odd tiny shapes
     python benchmarks/engine_bench.py resident [--layers 4]    # resident peak RSS / package bytes per level
     python benchmarks/engine_bench.py layer [--package P]      # where a decode token goes, per-expert vs grouped
+    python benchmarks/engine_bench.py speed --llama-bin DIR --llama-dir SRC [--model olmoe|qwen3]
+                                                               # resident decode / prefill vs llama.cpp
 
 ``context`` and ``batch`` export a synthetic checkpoint with OLMoE-1B-7B layer shapes (hidden 2048,
 64 experts of 1024, top-8, 16 heads = 16 KV heads, vocabulary 50304; random weights, the embedding
@@ -69,7 +71,7 @@ def _fresh(ckpt: Path) -> bool:
 
 def olmoe_package(layers: int) -> Path:
     """Export (once) a synthetic OLMoE-1B-7B-shaped checkpoint of ``layers`` layers, level ladder
-    2/4/8, float32 dense graphs."""
+    2/4/8, export's default (int8) dense graphs."""
     import export_scale as xs
 
     pkg, ckpt = _paths(f"olmoe-{layers}l")
@@ -548,6 +550,108 @@ def bench_resident(args) -> dict:
     return {"package": str(pkg), "rows": rows}
 
 
+SPEED_CHILD = r"""
+import json, sys, time
+import numpy as np
+from edgemoe.runtime.engine import Runtime
+pkg, level, threads, tokens, reps, prefill = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+rt = Runtime(pkg, level=level, threads=threads, context=max(prefill, 16 + tokens) + 8)
+rng = np.random.default_rng(0)
+decode, pre = [], []
+for r in range(reps):
+    rt.reset()
+    rt.step([(0, rng.integers(5, 1000, 16).tolist())])
+    tok = 7
+    t = time.perf_counter()
+    for _ in range(tokens):
+        tok = int(rt.step([(0, [tok])])[0][-1].argmax())
+    decode.append(tokens / (time.perf_counter() - t))
+for r in range(reps if prefill else 0):
+    rt.reset()
+    ids = rng.integers(5, 1000, prefill).tolist()
+    t = time.perf_counter()
+    rt.step([(0, ids)])
+    pre.append(prefill / (time.perf_counter() - t))
+print(json.dumps({"decode": decode, "prefill": pre}))
+"""
+
+LLAMA_TYPES = {8: "Q8_0", 4: "Q4_0", 2: "Q2_K"}
+
+
+def _gguf(ckpt: Path, name: str, qtype: str, args) -> Path:
+    """The checkpoint as a GGUF of ``qtype`` (llama.cpp's converter to f16, then llama-quantize),
+    made once under bench_out/."""
+    import llamacpp_compare as lc
+
+    out = OUT / f"{name}_{qtype.lower()}.gguf"
+    if out.exists():
+        return out
+    f16 = OUT / f"{name}_f16.gguf"
+    if not f16.exists():
+        print(f"converting {ckpt} to {f16.name} ...", flush=True)
+        lc.convert(Path(args.llama_dir), f16, "f16", ckpt)
+    print(f"quantizing {out.name} ...", flush=True)
+    subprocess.run([str(Path(args.llama_bin) / "llama-quantize"), str(f16), str(out), qtype],
+                   check=True, capture_output=True)
+    return out
+
+
+def _llama_bench(args, gguf: Path, threads: int, prefill: bool) -> float:
+    cmd = [str(Path(args.llama_bin) / "llama-bench"), "-m", str(gguf), "-t", str(threads),
+           "-r", str(args.reps), "-o", "json"]
+    cmd += ["-p", str(args.prefill), "-n", "0"] if prefill else ["-p", "0", "-n", str(args.tokens)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(json.loads(p.stdout)[0]["avg_ts"])
+
+
+def bench_speed(args) -> dict:
+    """Resident decode (and prefill) tok/s against llama.cpp on the same checkpoint, per level and
+    thread count: level 8 vs Q8_0, 4 vs Q4_0, 2 vs Q2_K. edgemoe runs each configuration in a fresh
+    process (onnxruntime experts, the package's int8 dense graphs), greedy after a 16-token prompt;
+    llama-bench runs ``-n TOKENS`` (decode) and ``-p PREFILL -n 0``. Medians of --reps."""
+    import statistics
+
+    if args.model == "olmoe":
+        pkg, name = olmoe_package(args.layers), f"olmoe-{args.layers}l"
+    else:
+        pkg, name = qwen3_package(args.layers), f"qwen3-{args.layers}l"
+    ckpt = pkg.parent / "hf"
+    rows = []
+    for level in [int(x) for x in args.levels.split(",")]:
+        gguf = _gguf(ckpt, name, LLAMA_TYPES[level], args)
+        for threads in [int(x) for x in args.threads.split(",")]:
+            p = subprocess.run([sys.executable, "-c", SPEED_CHILD, str(pkg), str(level), str(threads),
+                                str(args.tokens), str(args.reps), str(args.prefill if args.prefill_too else 0)],
+                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if p.returncode:
+                raise SystemExit(p.stderr[-3000:])
+            ours = json.loads(p.stdout.strip().splitlines()[-1])
+            r = {"level": level, "llama_type": LLAMA_TYPES[level], "threads": threads,
+                 "edgemoe_decode": statistics.median(ours["decode"]),
+                 "llama_decode": _llama_bench(args, gguf, threads, False)}
+            if args.prefill_too:
+                r.update(edgemoe_prefill=statistics.median(ours["prefill"]),
+                         llama_prefill=_llama_bench(args, gguf, threads, True))
+            r["decode_ratio"] = r["edgemoe_decode"] / r["llama_decode"]
+            rows.append(r)
+            print(f"  level {level} / {r['llama_type']}, {threads} thread(s): edgemoe {r['edgemoe_decode']:.1f} "
+                  f"llama.cpp {r['llama_decode']:.1f} tok/s", flush=True)
+    print(f"\n{pkg}: resident decode tok/s ({args.tokens} tokens after 16) and prefill tok/s "
+          f"({args.prefill}-token prompt); medians of {args.reps}")
+    head = f"{'level':>5} {'llama.cpp':>9} {'threads':>7} {'edgemoe':>8} {'llama.cpp':>9} {'ratio':>6}"
+    if args.prefill_too:
+        head += f" {'prefill edgemoe':>15} {'llama.cpp':>9} {'ratio':>6}"
+    print(head)
+    for r in rows:
+        line = (f"{r['level']:5d} {r['llama_type']:>9} {r['threads']:7d} {r['edgemoe_decode']:8.1f} "
+                f"{r['llama_decode']:9.1f} {r['decode_ratio']:6.2f}")
+        if args.prefill_too:
+            line += (f" {r['edgemoe_prefill']:15.1f} {r['llama_prefill']:9.1f} "
+                     f"{r['edgemoe_prefill'] / r['llama_prefill']:6.2f}")
+        print(line)
+    return {"package": str(pkg), "model": args.model, "layers": args.layers, "rows": rows}
+
+
 class _Timed:
     """A proxy of an onnxruntime session (or anything with ``run``-like methods) adding the wall
     time of its calls to ``acc[key]``."""
@@ -702,12 +806,23 @@ def main():
     y.add_argument("--reps", type=int, default=2, help="alternations of the two modes")
     y.add_argument("--backends", default="ort,tvm")
     y.add_argument("--package", default=None, help="a package to measure (default: the OLMoE-shaped one)")
+    v = sub.add_parser("speed")
+    v.add_argument("--model", choices=["olmoe", "qwen3"], default="olmoe")
+    v.add_argument("--layers", type=int, default=4)
+    v.add_argument("--levels", default="8,4,2")
+    v.add_argument("--threads", default="1,2")
+    v.add_argument("--tokens", type=int, default=64)
+    v.add_argument("--reps", type=int, default=3)
+    v.add_argument("--prefill", type=int, default=512)
+    v.add_argument("--no-prefill", dest="prefill_too", action="store_false")
+    v.add_argument("--llama-bin", required=True, help="folder with llama-bench and llama-quantize")
+    v.add_argument("--llama-dir", required=True, help="llama.cpp's source (its convert_hf_to_gguf.py)")
     args = ap.parse_args()
     info = cpu_info()
     print(f"CPU: {info['model']}, {info['cores']} cores, {' '.join(info['features'])}")
     res = {"context": bench_context, "batch": bench_batch, "policies": bench_policies,
            "headline": bench_headline, "sweep": bench_sweep, "resident": bench_resident,
-           "layer": bench_layer}[args.what](args)
+           "layer": bench_layer, "speed": bench_speed}[args.what](args)
     res["cpu"] = info
     OUT.mkdir(exist_ok=True)
     path = OUT / f"engine_{args.what}.json"

@@ -5,9 +5,13 @@ into a matryoshka record once; then, per level of the ladder and token count T, 
 buffer runs through:
 
 * ``tvm``: the llvm kernels (``edgemoe.backends.tvm``, host CPU, one thread), on views of the record,
-  as ``edgemoe compile --device host`` builds them: on a CPU with AVX-512 VNNI, int8 activations
-  (quantized per group in the kernel, ``vpdpbusd``; the same math as onnxruntime's
-  ``accuracy_level 4``), float32 activations otherwise;
+  as ``edgemoe compile --device host`` builds them: int8 activations (quantized per group in the
+  kernel; the same math as onnxruntime's ``accuracy_level 4``) on ``vpdpbusd`` with AVX-512 VNNI,
+  on ``vpmaddubsw`` with AVX2 only (``int8dot``);
+* ``tvm_avx2``: on a CPU with more than AVX2, the kernels an AVX2-only CPU gets (built for Haswell,
+  run here), so one machine measures both;
+* ``tvm_f32``: the kernels with float32 activations (what CPUs without integer SIMD get, and what
+  AVX2 CPUs got before their int8 kernels);
 * ``ort``: the package's per-expert ONNX graph (one ``MatMulNBits`` per plane,
   ``edgemoe.package.expert_graph``, accuracy_level 4 = int8 activations, 1-2% error per expert)
   with the record bound as external initializers, one intra-op thread, as ``OrtBackend`` runs it;
@@ -111,9 +115,11 @@ def bench_shape(model: str, hidden: int, inter_full: int, inter: int, repeat: in
     t0 = time.perf_counter()
     ks = jit_kernels(hidden, inter, spec, buckets=TOKENS)
     from edgemoe.backends.tvm.specs import int8_fits
-    from edgemoe.backends.tvm.targets import host_target
-    from edgemoe.backends.tvm.int8dot import int8_isa
-    int8 = int8_isa(host_target()) is not None and int8_fits(spec, hidden) and int8_fits(spec, inter)
+    from edgemoe.backends.tvm.runtime_lib import cpu_flags
+    int8 = ks.index["isa"] is not None and int8_fits(spec, hidden) and int8_fits(spec, inter)
+    variants = {"tvm_f32": jit_kernels(hidden, inter, spec, buckets=TOKENS, int8=False)}
+    if ks.index["isa"] not in (None, "avx2") and "avx2" in cpu_flags():
+        variants["tvm_avx2"] = jit_kernels(hidden, inter, spec, buckets=TOKENS, target={"mcpu": "haswell"})
     print(f"{model}: compiled {len(ks.funcs)} TVM kernels in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     tvm_be, np_be = TvmBackend(), PlanesBackend()
     pkg = SimpleNamespace(layout=layout, quant=spec)
@@ -121,12 +127,14 @@ def bench_shape(model: str, hidden: int, inter_full: int, inter: int, repeat: in
     rows = []
     for bits in spec.ladder:
         h_tvm = tvm_be.bind(ks, layout, bits, buf)
+        h_var = {name: tvm_be.bind(k, layout, bits, buf) for name, k in variants.items()}
         h_np = np_be.load(pkg, 0, 0, bits, buf)
         run_ort, keep = ort_session(layout, bits, buf, hidden, inter)
         run_exact, keep2 = ort_session(layout, bits, buf, hidden, inter, exact=True)
         for t in TOKENS:
             x = rng.standard_normal((t, hidden)).astype(np.float32)
             ms = {"tvm": median_ms(lambda: tvm_be.run(h_tvm, x), repeat),
+                  **{name: median_ms(lambda h=h: tvm_be.run(h, x), repeat) for name, h in h_var.items()},
                   "ort": median_ms(lambda: run_ort(x), repeat),
                   "ort_fp32": median_ms(lambda: run_exact(x), max(3, repeat // 5)),
                   "numpy": median_ms(lambda: np_be.run(h_np, x), max(3, repeat // 3))}
@@ -141,7 +149,7 @@ def bench_shape(model: str, hidden: int, inter_full: int, inter: int, repeat: in
                          "ms_full_expert": {k: round(v * scale, 3) for k, v in ms.items()},
                          "weight_bytes_per_call": int(nbytes * scale),
                          "resident_bytes": int(layout.prefix_length(bits) * scale),
-                         "tvm_activations": "int8" if int8 else "float32",
+                         "tvm_activations": f"int8 ({ks.index['isa']})" if int8 else "float32",
                          "err_vs_exact": {"tvm": err(tvm_be.run(h_tvm, x)), "ort": err(run_ort(x))}})
             print(f"{model} k{bits} T{t}: " + " ".join(f"{k} {v:.2f}ms" for k, v in ms.items()),
                   file=sys.stderr)
@@ -150,13 +158,16 @@ def bench_shape(model: str, hidden: int, inter_full: int, inter: int, repeat: in
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'model':<13} {'bits':>4} {'T':>3} {'tvm ms':>9} {'ort ms':>9} {'ort_fp32':>9} "
+    extra = [k for k in ("tvm_avx2", "tvm_f32") if k in rows[0]["ms"]]
+    head = (f"{'model':<13} {'bits':>4} {'T':>3} {'tvm ms':>9} " + "".join(f"{k:>9} " for k in extra) +
+            f"{'ort ms':>9} {'ort_fp32':>9} "
             f"{'numpy ms':>9} {'MB read/call':>12} {'tvm GB/s':>8} {'ort/tvm':>7} {'tvm err':>8} "
             f"{'ort err':>8}")
     out = [head, "-" * len(head)]
     for r in rows:
         m = r["ms_full_expert"]
-        out.append(f"{r['model']:<13} {r['bits']:>4} {r['tokens']:>3} {m['tvm']:>9.2f} {m['ort']:>9.2f} "
+        out.append(f"{r['model']:<13} {r['bits']:>4} {r['tokens']:>3} {m['tvm']:>9.2f} "
+                   + "".join(f"{m[k]:>9.2f} " for k in extra) + f"{m['ort']:>9.2f} "
                    f"{m['ort_fp32']:>9.2f} {m['numpy']:>9.2f} "
                    f"{r['weight_bytes_per_call'] / 1e6:>12.2f} "
                    f"{r['weight_bytes_per_call'] / m['tvm'] / 1e6:>8.2f} {m['ort'] / m['tvm']:>7.2f} "
@@ -184,10 +195,16 @@ def main(argv=None):
         if model.startswith("Mixtral") and args.mixtral_inter:
             inter = args.mixtral_inter
         rows += bench_shape(model, hidden, inter_full, inter, 3 if args.quick else args.repeat, spec)
+    from edgemoe.backends.tvm.runtime_lib import cpu_flags
+    from tvm.target import codegen
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in cpu_flags()]
+    cpu = {"model": model, "llvm_cpu": str(codegen.llvm_get_system_cpu()), "features": feats}
+    print(f"CPU: {model} (llvm: {cpu['llvm_cpu']}), {' '.join(feats)}")
     print("per expert call, full expert (Mixtral extrapolated from the measured slice); one thread")
     print(table(rows))
     from edgemoe.backends.tvm.targets import host_target
-    doc = {"host_target": host_target(), "threads": 1, "ladder": list(spec.ladder),
+    doc = {"host_target": host_target(), "cpu": cpu, "threads": 1, "ladder": list(spec.ladder),
            "group_size": spec.group_size, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=1))

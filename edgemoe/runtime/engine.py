@@ -71,7 +71,8 @@ class Runtime:
     backend : expert kernels: "ort" (default without a budget), "planes" (numpy on the record's bit
         planes; default under a budget), "tvm" (needs ``edgemoe compile PKG --device host``), "hls"
         (the FPGA's integer path), "reference" (numpy ground truth)
-    threads : onnxruntime intra-op threads for the dense graphs
+    threads : compute threads: onnxruntime intra-op threads of the dense graphs and of the
+        onnxruntime experts (TVM kernels read ``TVM_NUM_THREADS``, set from it when unset)
     exact : with "ort", experts compute in fp32 (slow; bit-faithful to the numpy reference) instead
         of onnxruntime's int8-activation fast path
     budget : None (every expert resident), bytes, a size ("1.5GiB") or "NN%" (the fixed part plus
@@ -132,6 +133,8 @@ class Runtime:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
         so.enable_cpu_mem_arena = False
+        if threads > 1:     # idle workers spinning after a dense graph took the expert threads' cores
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         layer_graphs = self.pkg.kv_layer_graphs.get(self.kv_dtype)
         if layer_graphs is None:
             raise PackageError(f"{self.pkg.root} has no layer graphs for a {self.kv_dtype} KV cache "
@@ -163,8 +166,9 @@ class Runtime:
         self.events = events                        # an EventSink (see runtime/events.py) or None
         self._step = 0
         if budget is None:
-            self.backend = get_backend(backend or "ort",
-                                       **({"exact": exact} if (backend or "ort") == "ort" else {}))
+            name = backend or "ort"
+            self.backend = get_backend(name, **({"exact": exact, "threads": threads} if name == "ort" else
+                                                {"threads": threads} if name == "tvm" else {}))
             self.store = ExpertStore(self.pkg)
             self._experts: dict[tuple[int, int], object] = {}
             for key in sorted(self.pkg.experts):
@@ -172,7 +176,8 @@ class Runtime:
                 self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
             self.budgeted = None
             return
-        self.backend = get_backend(backend or _budget_backend(self.pkg))
+        name = backend or _budget_backend(self.pkg)
+        self.backend = get_backend(name, **({"threads": threads} if name == "tvm" else {}))
         if self.backend.name == "tvm":
             self.backend.prepare(self.pkg)    # load its kernel library now: a measured fixed cost
         if self.pkg.tokenizer_file is not None:

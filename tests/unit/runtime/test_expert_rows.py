@@ -47,6 +47,11 @@ def test_a_rows_sum_does_not_depend_on_the_rest_of_the_batch():
         ys = ys_of[ex.reshape(-1)[rows.order], np.asarray(toks)[rows.order // ex.shape[1]]]
         return rows.combine(ys, w)
     batched = moe(experts, weights, range(9))
+    rows = ExpertRows.of(experts)
+    ys = ys_of[experts.reshape(-1)[rows.order], rows.order // 4]
+    slot_by_slot = sum(ys_of[experts[:, j], np.arange(9)] * weights[:, j, None] for j in range(4))
+    np.testing.assert_array_equal(batched, slot_by_slot)     # the k slots added in order
+    np.testing.assert_array_equal(rows.combine(ys, weights), batched)
     for t in range(9):
         np.testing.assert_array_equal(moe(experts[t:t + 1], weights[t:t + 1], [t])[0], batched[t])
 
