@@ -159,6 +159,9 @@ class _Level(click.ParamType):
 
 
 LEVEL = _Level()
+THREADS = click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(1),
+                       help="compute threads (as llama.cpp's -t): the dense graphs' and, resident, "
+                            "a layer's experts shared among them")
 KV_DTYPE = click.option("--kv-dtype", default="f16", show_default=True,
                         type=click.Choice(["f16", "f32", "int8"]),
                         help="KV cache element type: f16 (half of f32's bytes), f32 (exact), int8 (a "
@@ -190,15 +193,16 @@ KV_DTYPE = click.option("--kv-dtype", default="f16", show_default=True,
               type=click.Choice(["ort", "planes", "tvm", "hls", "reference"]),
               help="expert kernels (default: ort resident, planes under --budget; tvm needs "
                    "`edgemoe compile PKG --device host`; hls emulates the FPGA's integer path)")
+@THREADS
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming")
 def run(package, prompt, max_new_tokens, level, budget, policy, context, kv_dtype, trace, greedy,
-        temperature, top_k, top_p, seed, backend, as_json):
+        temperature, top_k, top_p, seed, backend, threads, as_json):
     """Generate text from PACKAGE, streaming tokens as they come."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.sampling import SamplingConfig
 
     rt = Runtime(package, level=level, backend=backend, budget=budget, policy=policy,
-                 context=context, trace=trace, kv_dtype=kv_dtype)
+                 context=context, trace=trace, kv_dtype=kv_dtype, threads=threads)
     sampling = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed)
     try:
@@ -233,14 +237,16 @@ def run(package, prompt, max_new_tokens, level, budget, policy, context, kv_dtyp
 @click.option("--max-tokens", default=None, type=click.IntRange(2), help="score only this many tokens")
 @click.option("--exact", is_flag=True, help="fp32 expert compute instead of int8 activations")
 @KV_DTYPE
+@THREADS
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exact, kv_dtype, as_json):
+def eval_cmd(package, text_file, level, budget, policy, window, max_tokens, exact, kv_dtype, threads,
+             as_json):
     """Perplexity and bits per byte of PACKAGE on a text file."""
     from edgemoe.runtime.engine import Runtime
     from edgemoe.runtime.evaluate import evaluate
 
     rt = Runtime(package, level=level, exact=exact, budget=budget, policy=policy,
-                 context=window, kv_dtype=kv_dtype)
+                 context=window, kv_dtype=kv_dtype, threads=threads)
     with open(text_file, encoding="utf-8", errors="replace") as f:
         text = f.read()
     bar = None if as_json else _bar("scoring")
@@ -483,8 +489,9 @@ def compile_cmd(package, devices, out, activations):
 @KV_DTYPE
 @click.option("--backend", default=None, type=click.Choice(["ort", "planes", "tvm", "hls"]),
               help="expert kernels (as for `run`)")
+@THREADS
 def serve(package, host, port, parallel, ctx_size, budget, level, policy, max_queue, api_key,
-          cors_origins, alias, kv_dtype, backend):
+          cors_origins, alias, kv_dtype, backend, threads):
     """Serve PACKAGE over an OpenAI-compatible HTTP API (needs `pip install 'edgemoe[serve]'`).
 
     \b
@@ -503,7 +510,7 @@ def serve(package, host, port, parallel, ctx_size, budget, level, policy, max_qu
     run_server(ServeConfig(package, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
                            budget=budget, level=level, policy=policy, max_queue=max_queue,
                            api_key=api_key, cors_origins=origins, alias=tuple(alias),
-                           kv_dtype=kv_dtype, backend=backend))
+                           kv_dtype=kv_dtype, backend=backend, threads=threads))
 
 
 @main.command()
@@ -524,8 +531,9 @@ def serve(package, host, port, parallel, ctx_size, budget, level, policy, max_qu
 @click.option("--min-p", default=0.05, show_default=True, type=float)
 @click.option("--seed", default=None, type=int, help="sampling seed (default: random)")
 @KV_DTYPE
+@THREADS
 def chat(package, system, max_new_tokens, ctx_size, budget, level, policy, greedy, temperature,
-         top_k, top_p, min_p, seed, kv_dtype):
+         top_k, top_p, min_p, seed, kv_dtype, threads):
     """Chat with PACKAGE in the terminal, with its chat template (as `ollama run`).
 
     Type a message and Enter; /reset forgets the conversation, /exit or Ctrl-D leaves, Ctrl-C stops
@@ -542,7 +550,8 @@ def chat(package, system, max_new_tokens, ctx_size, budget, level, policy, greed
 
     pkg = Package(package)
     ctx_size = min(ctx_size, pkg.arch.max_position)
-    rt = Runtime(pkg, level=level, budget=budget, policy=policy, context=ctx_size, kv_dtype=kv_dtype)
+    rt = Runtime(pkg, level=level, budget=budget, policy=policy, context=ctx_size, kv_dtype=kv_dtype,
+                 threads=threads)
     try:
         template = ChatTemplate.of_package(rt.pkg)
         if template.is_fallback:

@@ -96,3 +96,23 @@ def test_every_backends_grouped_call_equals_one_run_per_expert(demo_package, nam
     got = run_group(be, handles, xs, rows.bounds, np.full_like(xs, np.nan))
     assert hasattr(be, "run_group") == (name in ("ort", "tvm"))
     np.testing.assert_array_equal(got, want)
+
+
+def test_threads_share_the_experts_and_give_the_same_tokens(demo_package):
+    """``threads=2`` (the grouped call splits a layer's experts between two threads, the dense
+    graphs get two intra-op threads): the same greedy tokens as one thread, logits within 1e-5."""
+    from edgemoe.runtime.engine import Runtime
+
+    out = {}
+    for t in (1, 2):
+        rt = Runtime(demo_package, threads=t)
+        try:
+            assert rt.backend.threads == t
+            r = rt.generate("In the beginning", max_new_tokens=12, stop_at_eos=False)
+            out[t] = (r.ids, rt.forward(rt.encode("And God said")))
+            if t == 2:
+                assert rt.backend._pool is not None          # the experts did run on two threads
+        finally:
+            rt.close()
+    assert out[1][0] == out[2][0]
+    np.testing.assert_allclose(out[2][1], out[1][1], atol=1e-5 * np.abs(out[1][1]).max())
