@@ -69,10 +69,11 @@ def _bar(label: str):
               type=click.Choice(["matryoshka", "float32"]),
               help="float32 stores experts unquantized (exact parity with the checkpoint)")
 @click.option("--dense", "dense_dtype", default=None,
-              type=click.Choice(["float32", "int8"]),
+              type=click.Choice(["float32", "int8", "int4"]),
               help="dense weights (attention, embedding, LM head): int8 groups of --group-size "
                    "(~1/4 the memory of float32, about 2x the decode speed on real shapes; the "
-                   "router stays float32), or float32 as in the checkpoint (exact)  "
+                   "router stays float32), int4 (attention and LM head at 4 bits, the embedding "
+                   "int8: faster again, less accurate), or float32 as in the checkpoint (exact)  "
                    "[default: int8; float32 with --experts float32]")
 @click.option("--dry-run", is_flag=True, help="print the planned files and sizes; write nothing")
 @click.option("--overwrite", is_flag=True, help="replace an existing package at -o")

@@ -21,7 +21,7 @@ from onnx import TensorProto
 from edgemoe.arch import MoEArch
 from edgemoe.package.graph_io import KV_SCALE_INPUTS, ROUTER_WEIGHT, kv_head_dim
 from edgemoe.package.onnx_util import MS_DOMAIN, ExternalData, GraphBuilder, RowBlocks
-from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int8_groups
+from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int4_groups, quantize_int8_groups
 
 F = TensorProto.FLOAT
 
@@ -33,18 +33,19 @@ F = TensorProto.FLOAT
 DENSE_ACCURACY_LEVEL = 4
 
 
-def _int8_rows(w, group_size: int):
-    """W [N, K] (array or RowBlocks) -> (codes [N, G*gs] uint8, scales [N, G] float32), each an array
-    or, for row blocks, row blocks (quantized block by block; each pass re-reads the blocks)."""
+def _int8_rows(w, group_size: int, bits: int = 8):
+    """W [N, K] (array or RowBlocks) -> (codes [N, G*gs*bits/8] uint8, scales [N, G] float32), each
+    an array or, for row blocks, row blocks (quantized block by block; each pass re-reads them)."""
+    quantize = quantize_int8_groups if bits == 8 else quantize_int4_groups
     if not isinstance(w, RowBlocks):
-        codes, scales = quantize_int8_groups(w, group_size)
+        codes, scales = quantize(w, group_size)
         return codes.reshape(len(codes), -1), scales
     n, k = w.shape
     g = -(-k // group_size)
 
     def part(i):
-        return lambda: (quantize_int8_groups(blk, group_size)[i].reshape(len(blk), -1) for blk in w.blocks())
-    return (RowBlocks((n, g * group_size), np.dtype(np.uint8), part(0)),
+        return lambda: (quantize(blk, group_size)[i].reshape(len(blk), -1) for blk in w.blocks())
+    return (RowBlocks((n, g * group_size * bits // 8), np.dtype(np.uint8), part(0)),
             RowBlocks((n, g), np.dtype(np.float32), part(1)))
 
 
@@ -67,15 +68,17 @@ def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarra
 def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = None,
             name: str | None = None, dq: DenseQuant = FLOAT32) -> str:
     """x [..., K] @ w[N, K]^T (+ bias) -> [..., N]. float32: weight stored transposed once, as
-    [K, N]. int8: codes [N, G, gs] + scales [N, G] for MatMulNBits (the router stays float32)."""
+    [K, N]. int8 / int4: codes [N, G, gs * bits / 8] + scales [N, G] for MatMulNBits (the router
+    stays float32)."""
     n, k = w.shape
     if not dq.quantized or name == ROUTER_WEIGHT or n == 1:
         y = b.op("MatMul", x, b.const_t(w, name))
     else:
         gs = dq.group_size
-        codes, scales = _int8_rows(w, gs)
-        y = b.op("MatMulNBits", x, b.const(codes, shape=(n, -(-k // gs), gs)), b.const(scales),
-                 domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=gs, accuracy_level=DENSE_ACCURACY_LEVEL)
+        codes, scales = _int8_rows(w, gs, dq.bits)
+        y = b.op("MatMulNBits", x, b.const(codes, shape=(n, -(-k // gs), gs * dq.bits // 8)),
+                 b.const(scales), domain=MS_DOMAIN, K=k, N=n, bits=dq.bits, block_size=gs,
+                 accuracy_level=DENSE_ACCURACY_LEVEL)
     return y if bias is None else b.op("Add", y, b.const(bias))
 
 
@@ -212,9 +215,11 @@ def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
 def embed_graph(arch: MoEArch, embed: np.ndarray | RowBlocks,
                 data: ExternalData | None = None, dq: DenseQuant = FLOAT32) -> onnx.ModelProto:
     """ids [T] int64 -> hidden [T, H] (times embedding_multiplier); ``embed`` [V, H] may be row blocks.
-    int8: only the gathered rows are dequantized, ``(codes[ids] - 128) * scales[ids]`` per group."""
+    int8: only the gathered rows are dequantized, ``(codes[ids] - 128) * scales[ids]`` per group
+    (an int4 package's embedding is int8: ``DenseQuant.embedding``)."""
     b = GraphBuilder("embed", data)
     b.input("ids", TensorProto.INT64, ["T"])
+    dq = dq.embedding
     if dq.quantized:
         v, hid = embed.shape
         gs = dq.group_size

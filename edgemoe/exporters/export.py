@@ -89,7 +89,7 @@ def plan_export(src, quant: QuantSpec, dense: DenseQuant | None = None) -> tuple
     plan = ExportPlan(Path(src), adapter.name, arch, quant)
     layout = record_layout(arch.expert_matrices(), quant)
     g = adapter.global_names(arch)
-    plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]}, dense)))
+    plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]}, dense.embedding)))
     for i in range(arch.num_layers):
         plan.files.append((C.layer_graph_path(i), _dense_bytes(arch, ckpt, adapter.layer_names(arch, i), dense)))
     head = {k: v for k, v in g.items() if k != "embed"}

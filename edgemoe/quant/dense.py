@@ -19,7 +19,8 @@ import numpy as np
 from edgemoe.errors import ConfigError
 
 ZERO = 128
-DENSE_DTYPES = ("float32", "int8")
+DENSE_DTYPES = ("float32", "int8", "int4")
+BITS = {"int8": 8, "int4": 4}
 
 
 def check_dense_dtype(dtype: str) -> str:
@@ -49,11 +50,22 @@ class DenseQuant:
 
     @property
     def quantized(self) -> bool:
-        return self.dtype == "int8"
+        return self.dtype in BITS
+
+    @property
+    def bits(self) -> int:
+        """Bits per code of the matmul weights (32 for float32)."""
+        return BITS.get(self.dtype, 32)
 
     @property
     def bytes_per_weight(self) -> float:
-        return 4.0 if not self.quantized else 1.0 + 4.0 / self.group_size
+        return 4.0 if not self.quantized else self.bits / 8 + 4.0 / self.group_size
+
+    @property
+    def embedding(self) -> "DenseQuant":
+        """How the embedding is stored: int4 matmuls keep an int8 embedding (a decode step gathers
+        one row of it; 4-bit rows would need unpacking in the graph for no bandwidth gained)."""
+        return DenseQuant("int8", self.group_size) if self.dtype == "int4" else self
 
     def to_dict(self) -> dict:
         return {"dtype": self.dtype, "group_size": self.group_size}
@@ -83,18 +95,42 @@ def default_dense(quant) -> DenseQuant:
     return DenseQuant("int8", max(16, min(256, quant.group_size)))
 
 
-def quantize_int8_groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """W [N, K] float -> (codes uint8 [N, G, gs], scales float32 [N, G])."""
+def _symmetric_groups(w: np.ndarray, group_size: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """W [N, K] float -> (signed codes int16 [N, G, gs] in -top..top, scales float32 [N, G]) with
+    ``s = max|w| / top`` per group; padded columns get 0."""
     w = np.asarray(w, dtype=np.float32)
     n, k = w.shape
     g = -(-k // group_size)
     wp = np.zeros((n, g * group_size), dtype=np.float32)
     wp[:, :k] = w
     wp = wp.reshape(n, g, group_size)
-    scales = np.abs(wp).max(axis=2) / 127.0                           # [N, G]
+    scales = np.abs(wp).max(axis=2) / float(top)                      # [N, G]
     safe = np.where(scales > 0, scales, 1.0)[:, :, None]
-    codes = np.clip(np.rint(wp / safe), -127, 127).astype(np.int16) + ZERO
-    return codes.astype(np.uint8), scales.astype(np.float32)
+    return np.clip(np.rint(wp / safe), -top, top).astype(np.int16), scales.astype(np.float32)
+
+
+def quantize_int8_groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """W [N, K] float -> (codes uint8 [N, G, gs], scales float32 [N, G])."""
+    q, scales = _symmetric_groups(w, group_size, 127)
+    return (q + ZERO).astype(np.uint8), scales
+
+
+def quantize_int4_groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """W [N, K] float -> (codes uint8 [N, G, gs / 2], scales float32 [N, G]): per group
+    ``s = max|w| / 7`` and ``code = round(w / s) + 8`` (1..15), two codes a byte LSB-first: exactly
+    onnxruntime ``MatMulNBits`` with ``bits=4`` and its default zero point 8."""
+    q, scales = _symmetric_groups(w, group_size, 7)
+    codes = (q + 8).astype(np.uint8)
+    return (codes[:, :, 0::2] | (codes[:, :, 1::2] << 4)).astype(np.uint8), scales
+
+
+def dequantize_int4_groups(codes: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """(codes [N, G, gs / 2], scales [N, G]) -> W [N, K] float32: the reference for the graphs."""
+    n, g, half = codes.shape
+    c = np.empty((n, g, 2 * half), dtype=np.float32)
+    c[:, :, 0::2] = codes & 0x0F
+    c[:, :, 1::2] = codes >> 4
+    return ((c - 8) * scales[:, :, None]).reshape(n, -1)[:, :k]
 
 
 def dequantize_int8_groups(codes: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:

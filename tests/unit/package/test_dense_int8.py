@@ -4,6 +4,7 @@ runtime exact on it."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -20,7 +21,8 @@ from edgemoe.exporters.export import export  # noqa: E402
 from edgemoe.package import constants as C  # noqa: E402
 from edgemoe.package.graph_io import ROUTER_WEIGHT  # noqa: E402
 from edgemoe.package.reader import Package  # noqa: E402
-from edgemoe.quant.dense import FLOAT32, DenseQuant, dequantize_int8_groups, quantize_int8_groups  # noqa: E402
+from edgemoe.quant.dense import (FLOAT32, DenseQuant, dequantize_int4_groups, dequantize_int8_groups,  # noqa: E402
+                                 quantize_int4_groups, quantize_int8_groups)
 from edgemoe.runtime.engine import Runtime  # noqa: E402
 
 INT8 = DenseQuant("int8", 64)
@@ -112,8 +114,8 @@ def test_cli_export_dense_int8_and_inspect(pair, tmp_path):
     assert "(int8, group 64)" in r.output
     info = json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "p"), "--json"]).output)
     assert info["dense"] == INT8.to_dict()
-    r = CliRunner().invoke(main, ["export", src, "-o", str(tmp_path / "q"), "--dense", "int4"])
-    assert r.exit_code == 2 and "int4" in r.output
+    r = CliRunner().invoke(main, ["export", src, "-o", str(tmp_path / "q"), "--dense", "int2"])
+    assert r.exit_code == 2 and "int2" in r.output
 
 
 def test_dense_defaults_to_int8_and_to_float32_on_the_exact_path(pair, tmp_path):
@@ -130,3 +132,50 @@ def test_dense_defaults_to_int8_and_to_float32_on_the_exact_path(pair, tmp_path)
     assert Package(export(src, tmp_path / "py")).dense == DenseQuant("int8", 64)
     r = CliRunner().invoke(main, ["export", "--help"])
     assert "default: int8; float32 with --experts float32" in " ".join(r.output.split())
+
+
+def test_int4_dense_matmuls_at_4_bits_the_embedding_int8(pair, tmp_path):
+    """``--dense int4``: attention, dense MLPs and the LM head as 4-bit MatMulNBits (codes and
+    scales exactly ``quantize_int4_groups``), the embedding as int8 (one row a token); logits
+    further from float32 than int8's, within what 4-bit rounding gives."""
+    model, f32, i8 = pair
+    src = Package(f32).manifest[C.K_PRODUCER]["source"]["path"]
+    i4 = export(src, tmp_path / "i4.edgemoe", dense=DenseQuant("int4", 64))
+    pkg = Package(i4)
+    assert pkg.dense == DenseQuant("int4", 64) and pkg.dense.embedding == INT8
+    def head_bytes(p):
+        return sum(os.path.getsize(p.path(r)) for r in (p.head_graph, p.head_graph + ".data")
+                   if os.path.exists(p.path(r)))
+    assert head_bytes(pkg) < 0.65 * head_bytes(Package(i8))     # 4.5 bits a weight against 8.5
+    for rel in [pkg.head_graph, *pkg.layer_graphs]:
+        g = onnx.load(str(pkg.path(rel)), load_external_data=True).graph
+        nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+        assert nbits and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "bits"), rel
+    g = onnx.load(str(pkg.path(pkg.head_graph)), load_external_data=True).graph
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    node, = [n for n in g.node if n.op_type == "MatMulNBits"]
+    w = (model.get_output_embeddings().weight.detach().float().numpy())
+    codes, scales = quantize_int4_groups(w, 64)
+    np.testing.assert_array_equal(inits[node.input[1]], codes)
+    np.testing.assert_array_equal(inits[node.input[2]].reshape(scales.shape), scales)
+    sess = ort.InferenceSession(str(pkg.path(pkg.embed_graph)), providers=["CPUExecutionProvider"])
+    ref8 = ort.InferenceSession(str(Package(i8).path(Package(i8).embed_graph)), providers=["CPUExecutionProvider"])
+    ids = np.array([0, 5, 17], dtype=np.int64)
+    np.testing.assert_array_equal(sess.run(None, {"ids": ids})[0], ref8.run(None, {"ids": ids})[0])
+    tok = np.arange(3, 19)
+    a, b4, b8 = _logits(f32, tok), _logits(i4, tok), _logits(i8, tok)
+    rel4 = np.median(np.abs(a - b4).max(-1)) / np.abs(a).max()
+    rel8 = np.median(np.abs(a - b8).max(-1)) / np.abs(a).max()
+    print(f"dense int4 logits rel err {rel4:.3f} (int8 {rel8:.3f})")
+    assert rel8 < rel4 < 0.3, (rel4, rel8)
+
+
+def test_int4_codes_round_trip():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 200)).astype(np.float32)
+    codes, scales = quantize_int4_groups(w, 64)
+    assert codes.shape == (8, 4, 32) and scales.shape == (8, 4)
+    back = dequantize_int4_groups(codes, scales, 200)
+    err = np.abs(back - w).reshape(8, -1)
+    assert err.max() <= scales.max() / 2 + 1e-6            # round to nearest of a 15-level grid
+    assert np.abs(back - w).mean() > 0                     # and it is 4-bit, not lossless
