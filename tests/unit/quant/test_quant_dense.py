@@ -52,7 +52,7 @@ def test_matmulnbits_on_the_codes_matches_the_reference():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("kw", [dict(dtype="int4"), dict(dtype="int8", group_size=48),
+@pytest.mark.parametrize("kw", [dict(dtype="int2"), dict(dtype="int8", group_size=48),
                                 dict(dtype="int8", group_size=8)])
 def test_bad_dense_settings_are_refused(kw):
     with pytest.raises(ConfigError):
