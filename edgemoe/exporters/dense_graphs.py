@@ -33,7 +33,7 @@ F = TensorProto.FLOAT
 DENSE_ACCURACY_LEVEL = 4
 
 
-def _int8_rows(w, group_size: int, bits: int = 8):
+def _quantized_rows(w, group_size: int, bits: int = 8):
     """W [N, K] (array or RowBlocks) -> (codes [N, G*gs*bits/8] uint8, scales [N, G] float32), each
     an array or, for row blocks, row blocks (quantized block by block; each pass re-reads them)."""
     quantize = quantize_int8_groups if bits == 8 else quantize_int4_groups
@@ -75,7 +75,7 @@ def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = No
         y = b.op("MatMul", x, b.const_t(w, name))
     else:
         gs = dq.group_size
-        codes, scales = _int8_rows(w, gs, dq.bits)
+        codes, scales = _quantized_rows(w, gs, dq.bits)
         y = b.op("MatMulNBits", x, b.const(codes, shape=(n, -(-k // gs), gs * dq.bits // 8)),
                  b.const(scales), domain=MS_DOMAIN, K=k, N=n, bits=dq.bits, block_size=gs,
                  accuracy_level=DENSE_ACCURACY_LEVEL)
@@ -224,7 +224,7 @@ def embed_graph(arch: MoEArch, embed: np.ndarray | RowBlocks,
         v, hid = embed.shape
         gs = dq.group_size
         g = -(-hid // gs)
-        codes, scales = _int8_rows(embed, gs)
+        codes, scales = _quantized_rows(embed, gs)
         rows = b.op("Gather", b.const(codes), "ids", axis=0)                          # [T, G*gs] uint8
         rows = b.op("Sub", b.op("Cast", rows, to=F), b.const(np.float32(ZERO)))
         rows = b.op("Reshape", rows, b.const(_i64(-1, g, gs)))                        # [T, G, gs]

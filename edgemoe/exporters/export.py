@@ -169,8 +169,9 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     overwrite : replace an existing package at ``out``
     progress : optional callback ``(stage, done, total)``
     dense : how the dense matrices are stored: int8 groups (the default: ~1/4 the memory and
-        twice the decode speed on realistic shapes) or float32 (``FLOAT32``: exact; the default
-        when ``quant`` is float32); see ``edgemoe.quant.dense``
+        twice the decode speed on realistic shapes), int4 (attention and LM head at 4 bits) or
+        float32 (``FLOAT32``: exact; the default when ``quant`` is float32); see
+        ``edgemoe.quant.dense``
     """
     quant = quant or QuantSpec()
     dense = dense or default_dense(quant)

@@ -61,14 +61,33 @@ def _linear(b: GraphBuilder, x: str, matrix: str, layout: RecordLayout, bits: in
         y = b.op("MatMulNBits", x, plane, scale, zeros, domain=MS_DOMAIN,
                  K=k, N=n, bits=width, block_size=gs, accuracy_level=ACCURACY_LEVEL)
         acc = y if acc is None else b.op("Add", acc, y)
-    # offset term: group sums of x [T, G] @ b_k^T [G, N]
-    corr = off
+    return b.op("Add", acc, offset_term(b, x, k, gs, off))
+
+
+def offset_term(b: GraphBuilder, x: str, k: int, gs: int, offset: str) -> str:
+    """The per-group offsets' share of ``x @ W_k^T``: group sums of x [T, G] @ b_k^T [G, N]
+    (``offset`` a float [N, G] value of the graph)."""
+    groups = -(-k // gs)
     xp = x
     if groups * gs != k:
         xp = b.op("Pad", x, b.const(np.array([0, 0, 0, groups * gs - k], dtype=np.int64)))
     xg = b.op("ReduceSum", b.op("Reshape", xp, b.const(np.array([0, groups, gs], dtype=np.int64))),
               b.const(np.array([2], dtype=np.int64)), keepdims=0)
-    return b.op("Add", acc, b.op("Gemm", xg, corr, transB=1))
+    return b.op("Gemm", xg, offset, transB=1)
+
+
+def swiglu_graph(name: str, hidden: int, intermediate: int, linear) -> onnx.ModelProto:
+    """The SwiGLU expert ``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H]
+    matrix (rows 0:I gate); ``linear(b, x, matrix) -> value`` builds each matrix's product."""
+    b = GraphBuilder(name)
+    b.input(X, TensorProto.FLOAT, ["T", hidden])
+    gu = linear(b, X, "gate_up")                                                   # [T, 2I]
+    gate, up = b.op("Split", gu, b.const(np.array([intermediate, intermediate], dtype=np.int64)),
+                    axis=1, n_out=2)
+    act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)              # [T, I]
+    y = linear(b, act, "down")                                                   # [T, H]
+    b.output(y, Y, TensorProto.FLOAT, ["T", hidden])
+    return b.model()
 
 
 def expert_graph(layout: RecordLayout, bits: int, location: str, base: int,
@@ -82,12 +101,5 @@ def expert_graph(layout: RecordLayout, bits: int, location: str, base: int,
     location : record file name, relative to the graph file's folder
     base : byte offset of this expert's record in that file
     """
-    b = GraphBuilder(name)
-    b.input(X, TensorProto.FLOAT, ["T", hidden])
-    gu = _linear(b, X, "gate_up", layout, bits, location, base)                  # [T, 2I]
-    gate, up = b.op("Split", gu, b.const(np.array([intermediate, intermediate], dtype=np.int64)),
-                    axis=1, n_out=2)
-    act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)              # [T, I]
-    y = _linear(b, act, "down", layout, bits, location, base)                    # [T, H]
-    b.output(y, Y, TensorProto.FLOAT, ["T", hidden])
-    return b.model()
+    return swiglu_graph(name, hidden, intermediate,
+                        lambda b, x, m: _linear(b, x, m, layout, bits, location, base))

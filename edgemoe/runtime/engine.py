@@ -60,6 +60,12 @@ def _budget_backend(pkg: Package) -> str:
     return "tvm" if TvmBackend().is_available() else "planes"
 
 
+def _expert_backend(name: str, threads: int, exact: bool):
+    """The expert backend ``name`` with the options it takes: threads (ort, tvm), exact (ort)."""
+    kw = {"ort": {"threads": threads, "exact": exact}, "tvm": {"threads": threads}}.get(name, {})
+    return get_backend(name, **kw)
+
+
 class Runtime:
     """Run a package: ``forward(ids) -> logits`` and ``generate(prompt, ...)``.
 
@@ -166,9 +172,7 @@ class Runtime:
         self.events = events                        # an EventSink (see runtime/events.py) or None
         self._step = 0
         if budget is None:
-            name = backend or "ort"
-            self.backend = get_backend(name, **({"exact": exact, "threads": threads} if name == "ort" else
-                                                {"threads": threads} if name == "tvm" else {}))
+            self.backend = _expert_backend(backend or "ort", threads, exact)
             self.store = ExpertStore(self.pkg)
             self._experts: dict[tuple[int, int], object] = {}
             for key in sorted(self.pkg.experts):
@@ -176,8 +180,7 @@ class Runtime:
                 self._experts[key] = self.backend.load(self.pkg, *key, self.level, buf)
             self.budgeted = None
             return
-        name = backend or _budget_backend(self.pkg)
-        self.backend = get_backend(name, **({"threads": threads} if name == "tvm" else {}))
+        self.backend = _expert_backend(backend or _budget_backend(self.pkg), threads, exact)
         if self.backend.name == "tvm":
             self.backend.prepare(self.pkg)    # load its kernel library now: a measured fixed cost
         if self.pkg.tokenizer_file is not None:

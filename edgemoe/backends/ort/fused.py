@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
-from edgemoe.package.expert_graph import ACCURACY_LEVEL, X, Y
-from edgemoe.package.onnx_util import MS_DOMAIN, GraphBuilder
+from edgemoe.package.expert_graph import ACCURACY_LEVEL, offset_term, swiglu_graph
+from edgemoe.package.onnx_util import MS_DOMAIN
 from edgemoe.quant.planes import join_planes, pack_plane, unpack_plane
 from edgemoe.quant.record import RecordLayout, slot_array
-
-FUSED_BITS = (2, 4, 8)      # MatMulNBits' widths on CPU
-
 
 def _level_codes(buf, layout: RecordLayout, matrix: str, bits: int) -> np.ndarray:
     """Level-``bits`` codes of ``matrix``, packed ``bits`` wide: [N, G, gs * bits / 8] uint8."""
@@ -55,13 +51,11 @@ def fused_arrays(buf, layout: RecordLayout, bits: int) -> dict[str, np.ndarray]:
 def fused_graph(layout: RecordLayout, bits: int, hidden: int, intermediate: int) -> onnx.ModelProto:
     """The SwiGLU expert at level ``bits`` with one ``MatMulNBits`` per matrix; its initializers
     (``fused_arrays``' names) are external, to be bound with ``add_external_initializers``."""
-    spec = layout.spec
-    b = GraphBuilder("expert_fused")
-    b.input(X, TensorProto.FLOAT, ["T", hidden])
+    gs = layout.spec.group_size
+    shapes = {m: (n, k) for m, n, k in layout.matrices}
 
-    def linear(x: str, m: str) -> str:
-        (n, k), = [(n, k) for name, n, k in layout.matrices if name == m]
-        gs = spec.group_size
+    def linear(b, x: str, m: str) -> str:
+        n, k = shapes[m]
         groups = -(-k // gs)
 
         def ext(name, dtype, shape):
@@ -70,12 +64,5 @@ def fused_graph(layout: RecordLayout, bits: int, hidden: int, intermediate: int)
                  ext("scale", "float32", [n, groups]),
                  ext("zp", "uint8", [n, -(-groups * bits // 8)]), domain=MS_DOMAIN,
                  K=k, N=n, bits=bits, block_size=gs, accuracy_level=ACCURACY_LEVEL)
-        xp = x if groups * gs == k else b.op("Pad", x, b.const(np.array([0, 0, 0, groups * gs - k], np.int64)))
-        xg = b.op("ReduceSum", b.op("Reshape", xp, b.const(np.array([0, groups, gs], np.int64))),
-                  b.const(np.array([2], np.int64)), keepdims=0)                      # [T, G]
-        return b.op("Add", y, b.op("Gemm", xg, ext("offset", "float32", [n, groups]), transB=1))
-    gu = linear(X, "gate_up")
-    gate, up = b.op("Split", gu, b.const(np.array([intermediate, intermediate], np.int64)), axis=1, n_out=2)
-    y = linear(b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up), "down")
-    b.output(y, Y, TensorProto.FLOAT, ["T", hidden])
-    return b.model()
+        return b.op("Add", y, offset_term(b, x, k, gs, ext("offset", "float32", [n, groups])))
+    return swiglu_graph("expert_fused", hidden, intermediate, linear)

@@ -117,7 +117,7 @@ class TvmBackend:
         self.unavailable_reason = runtime_missing_reason()
         os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
         self._sets: dict = {}
-        self._scratch: dict = {}      # (rows, I) -> the grouped call's work buffers
+        self._scratch: dict = {}      # (rows, I) -> the CPU kernels' work buffers
 
     def is_available(self) -> bool:
         """True if TVM's runtime can load kernels here (checked without importing it; GPU kernels
@@ -244,50 +244,52 @@ class TvmBackend:
                 "hidden": shapes["down"][0], "intermediate": shapes["down"][1]}
 
     def run(self, handle, x):
-        """x [T, H] float32 -> y [T, H] float32."""
+        """x [T, H] float32 -> y [T, H] float32 (rows in chunks of the token buckets, the last one
+        padded)."""
         ks: KernelSet = handle["kernels"]
         bits, hid, inter = handle["bits"], handle["hidden"], handle["intermediate"]
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty((x.shape[0], hid), dtype=np.float32)
         for start, stop, t in chunks(x.shape[0], ks.buckets):
+            full = stop - start == t
             xb = x[start:stop]
-            if stop - start != t:
+            if not full:
                 xb = np.zeros((t, hid), dtype=np.float32)
                 xb[:stop - start] = x[start:stop]
-            gu = np.empty((t, 2 * inter), dtype=np.float32)
-            h = np.empty((t, inter), dtype=np.float32)
-            y = np.empty((t, hid), dtype=np.float32)
             if ks.on_cpu:
-                ks.funcs[kernel_name("gate_up", bits, t)](xb, *handle["args"]["gate_up"], gu)
-                ks.funcs[f"swiglu_t{t}"](gu, h)
-                ks.funcs[kernel_name("down", bits, t)](h, *handle["args"]["down"], y)
+                y = out[start:stop] if full else np.empty((t, hid), dtype=np.float32)
+                self._cpu_bucket(handle, t, xb, y)
             else:
-                y = self._run_device(ks, handle, bits, t, xb, gu, h, y)
-            out[start:stop] = y[:stop - start]
+                y = self._run_device(ks, handle, bits, t, xb, np.empty((t, 2 * inter), np.float32),
+                                     np.empty((t, inter), np.float32), np.empty((t, hid), np.float32))
+            if not (ks.on_cpu and full):
+                out[start:stop] = y[:stop - start]
         return out
 
     def run_group(self, handles, xs, bounds, out):
         """The grouped call (``backends.base``): on CPUs, an expert whose rows fill a token bucket
-        exactly (every decode row: T = 1) runs its three kernels straight from ``xs`` into ``out``
-        over work buffers kept per bucket, without the per-call padding and allocations of
-        ``run``; other row counts go through ``run``."""
+        exactly (every decode row: T = 1) runs its three kernels straight from ``xs`` into ``out``,
+        without ``run``'s chunking and copies; other row counts go through ``run``."""
         xs = np.ascontiguousarray(xs, dtype=np.float32)
         b = bounds.tolist()
         for i, h in enumerate(handles):
             lo, hi = b[i], b[i + 1]
-            ks = h["kernels"]
-            fns = h["by_rows"].get(hi - lo) if ks.on_cpu else None
-            if fns is None:
+            if h["kernels"].on_cpu and hi - lo in h["by_rows"]:
+                self._cpu_bucket(h, hi - lo, xs[lo:hi], out[lo:hi])
+            else:
                 out[lo:hi] = self.run(h, xs[lo:hi])
-                continue
-            gate_up, swiglu, down = fns
-            gu, mid = self._work(hi - lo, h["intermediate"])
-            gate_up(xs[lo:hi], *h["args"]["gate_up"], gu)
-            swiglu(gu, mid)
-            down(mid, *h["args"]["down"], out[lo:hi])
+
+    def _cpu_bucket(self, handle, t: int, xb: np.ndarray, y: np.ndarray):
+        """One expert on ``t`` rows (a bucket): gate_up, SwiGLU and down kernels, ``xb`` [t, H] ->
+        ``y`` [t, H], over the kept work buffers."""
+        gate_up, swiglu, down = handle["by_rows"][t]
+        gu, mid = self._work(t, handle["intermediate"])
+        gate_up(xb, *handle["args"]["gate_up"], gu)
+        swiglu(gu, mid)
+        down(mid, *handle["args"]["down"], y)
 
     def _work(self, t: int, inter: int):
-        """Work buffers [t, 2I] and [t, I] of the grouped call, made once per shape."""
+        """Work buffers [t, 2I] and [t, I] of the CPU kernels, made once per shape."""
         key = (t, inter)
         bufs = self._scratch.get(key)
         if bufs is None:
