@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import re
 
-ROUTER = re.compile(r"\.(mlp\.gate|block_sparse_moe\.gate|router(\.layer)?)\.weight$")
+ROUTER = re.compile(r"\.(mlp\.gate(\.wg)?|block_sparse_moe\.gate|router(\.layer)?)\.weight$")
+# zero-initialised tensors that feed a path: the selection biases (buffers in some families) and
+# every zero bias; random values make the parity tests exercise them
+SELECTION_BIAS = re.compile(r"(e_score_correction_bias|expert_bias)$")
+SELECTION_BIAS_STD = 0.1
 ROUTER_SHARPEN = 4.0
 HEAD_SHARPEN = 3.0   # random heads give near-tie logits; widen the margins the same way
 
@@ -27,6 +31,31 @@ FAMILIES = {
     "granitemoe": dict(intermediate_size=96, num_local_experts=4, num_experts_per_tok=2,
                        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.3,
                        logits_scaling=2.0),
+    "granitemoeshared": dict(intermediate_size=48, num_local_experts=4, num_experts_per_tok=2,
+                             shared_intermediate_size=80, residual_multiplier=0.5,
+                             embedding_multiplier=2.0),
+    # two groups of four, one kept: the group limit decides; a dense first layer
+    "glm4_moe": dict(intermediate_size=128, moe_intermediate_size=32, n_routed_experts=8,
+                     n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, head_dim=16,
+                     use_qk_norm=True, attention_bias=True, n_group=2, topk_group=1,
+                     routed_scaling_factor=1.5, num_hidden_layers=3),
+    "sarvam_moe": dict(intermediate_size=128, moe_intermediate_size=32, num_experts=8,
+                       num_experts_per_tok=2, head_dim=16, routed_scaling_factor=2.5, num_hidden_layers=3),
+    "dots1": dict(intermediate_size=128, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+                  num_experts_per_tok=2, first_k_dense_replace=1, n_group=2, topk_group=1,
+                  norm_topk_prob=True, routed_scaling_factor=2.0, num_hidden_layers=3),
+    "ernie4_5_moe": dict(moe_num_experts=8, moe_k=2, moe_intermediate_size=32, intermediate_size=128,
+                         moe_num_shared_experts=1, moe_layer_start_index=1, use_bias=True,
+                         num_hidden_layers=3),
+    "hunyuan_v1_moe": dict(num_experts=8, moe_topk=2, intermediate_size=32, head_dim=16,
+                           rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0,
+                                            "rope_theta": 10000.0}),
+    "minimax_m2": dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2, head_dim=16,
+                       rotary_dim=8, bos_token_id=None, eos_token_id=None,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                        "partial_rotary_factor": 0.5}),
+    "flex_olmo": dict(intermediate_size=32, num_experts=8, num_experts_per_tok=2, pad_token_id=0,
+                      eos_token_id=1),
 }
 
 
@@ -38,12 +67,20 @@ def build(family: str, path, seed: int = 0, dtype=None, **overrides):
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model(family, **{**COMMON, **FAMILIES[family], **overrides})
     model = AutoModelForCausalLM.from_config(cfg).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # random routers are near ties; sharpen them so routing is decisive
         for name, p in model.named_parameters():
             if ROUTER.search(name):
                 p.mul_(ROUTER_SHARPEN)
             elif name == "lm_head.weight":
                 p.mul_(HEAD_SHARPEN)
+            elif SELECTION_BIAS.search(name):
+                p.copy_(torch.randn(p.shape, generator=gen) * SELECTION_BIAS_STD)
+            elif name.endswith("bias") and not p.any():   # zero-initialised Linear biases
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        for name, buf in model.named_buffers():
+            if SELECTION_BIAS.search(name):
+                buf.copy_(torch.randn(buf.shape, generator=gen) * SELECTION_BIAS_STD)
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(path)

@@ -10,7 +10,9 @@ Layer graph I/O (names are the contract with the runtime, see ``package/graph_io
   out: MoE layer   -> residual [B, S, H] (h + shared expert), moe_in [B, S, H], router_logits [B, S, E]
        dense layer -> hidden_out [B, S, H]
        both        -> present_k / present_v [B, KVH, M, D]: the same buffer as past_k / past_v
-The runtime finishes a MoE layer as ``residual + residual_multiplier * sum_e w_e * expert_e(moe_in)``.
+The runtime finishes a MoE layer as ``residual + residual_multiplier * sum_e w_e * expert_e(moe_in)``
+(post-norm layouts: ``residual + rmsnorm(sum, moe_out_norm)``). A MoE layer graph also holds the
+router's selection bias where it has one (``SELECTION_BIAS``), for the runtime's routing.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import onnx
 from onnx import TensorProto
 
 from edgemoe.arch import MoEArch
-from edgemoe.package.graph_io import KV_SCALE_INPUTS, ROUTER_WEIGHT, kv_head_dim
+from edgemoe.package.graph_io import (KV_SCALE_INPUTS, MOE_OUT_NORM, ROUTER_BIAS, ROUTER_WEIGHT,
+                                      SELECTION_BIAS, kv_head_dim)
 from edgemoe.package.onnx_util import MS_DOMAIN, ExternalData, GraphBuilder, RowBlocks
 from edgemoe.quant.dense import FLOAT32, ZERO, DenseQuant, quantize_int4_groups, quantize_int8_groups
 
@@ -82,10 +85,11 @@ def _linear(b: GraphBuilder, x: str, w: np.ndarray, bias: np.ndarray | None = No
     return y if bias is None else b.op("Add", y, b.const(bias))
 
 
-def _swiglu(b: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray,
-            dq: DenseQuant) -> str:
-    g = _linear(b, x, gate, dq=dq)
-    return _linear(b, b.op("Mul", b.op("Mul", g, b.op("Sigmoid", g)), _linear(b, x, up, dq=dq)), down, dq=dq)
+def _swiglu(b: GraphBuilder, x: str, w: dict, role: str, dq: DenseQuant) -> str:
+    """down(silu(gate(x)) * up(x)) from ``w[role + "_gate"]`` etc. (+ their ``_bias``)."""
+    lin = lambda h, p: _linear(b, h, w[f"{role}_{p}"], w.get(f"{role}_{p}_bias"), dq=dq)  # noqa: E731
+    g = lin(x, "gate")
+    return lin(b.op("Mul", b.op("Mul", g, b.op("Sigmoid", g)), lin(x, "up")), "down")
 
 
 def _rope(b: GraphBuilder, x: str, arch: MoEArch) -> str:
@@ -154,10 +158,13 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, 
         lo, hi = b.const(np.float32(-arch.clip_qkv)), b.const(np.float32(arch.clip_qkv))
         q, k, v = (b.op("Clip", t, lo, hi) for t in (q, k, v))
     q, k = _split_heads(b, q, nh, d), _split_heads(b, k, kvh, d)          # [B, S, heads, D]
-    if arch.qk_norm == "per_head":      # Qwen3: RMSNorm over head_dim
+    if arch.qk_norm == "per_head" and not arch.qk_norm_after_rope:   # Qwen3: RMSNorm over head_dim
         q = _norm(b, q, arch, w["q_norm"], None)
         k = _norm(b, k, arch, w["k_norm"], None)
     q, k = _rope(b, q, arch), _rope(b, k, arch)
+    if arch.qk_norm == "per_head" and arch.qk_norm_after_rope:       # HunYuan
+        q = _norm(b, q, arch, w["q_norm"], None)
+        k = _norm(b, k, arch, w["k_norm"], None)
     dc = kv_head_dim(d)
     if dc == d:
         q, k = _merge_heads(b, q, nh, d), _merge_heads(b, k, kvh, d)
@@ -192,22 +199,35 @@ def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
     b.input("cos", F, ["B", "S", arch.rope_dim])
     b.input("sin", F, ["B", "S", arch.rope_dim])
     rm = b.const(np.float32(arch.residual_multiplier))
-    x = _norm(b, "hidden", arch, w["attn_norm"], w.get("attn_norm.bias"))
-    h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq, kv), rm))
-    x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
+    if arch.post_norm:      # h = x + norm(attn(x)); the MLP reads h itself, its output is normed
+        attn = _attention(b, "hidden", arch, w, dq, kv)
+        h = b.op("Add", "hidden", _norm(b, attn, arch, w["attn_out_norm"], None))
+        x2 = h
+    else:
+        x = _norm(b, "hidden", arch, w["attn_norm"], w.get("attn_norm.bias"))
+        h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq, kv), rm))
+        x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
     if arch.is_moe_layer(index):
         b.output(x2, "moe_in", F, ["B", "S", H])
-        b.output(_linear(b, x2, w["router"], name=ROUTER_WEIGHT), "router_logits", F,
-                 ["B", "S", arch.num_experts])
+        logits = _linear(b, x2, w["router"], name=ROUTER_WEIGHT)
+        if arch.router_bias:
+            logits = b.op("Add", logits, b.const(w["router_bias"].astype(np.float32), ROUTER_BIAS))
+        b.output(logits, "router_logits", F, ["B", "S", arch.num_experts])
+        if arch.router.selection_bias:    # not an op's input: the runtime's routing reads it
+            b.const(w["router_selection_bias"].astype(np.float32), SELECTION_BIAS)
+        if arch.post_norm:
+            b.const(w["mlp_out_norm"].astype(np.float32), MOE_OUT_NORM)
         residual = h
         if arch.shared_intermediate_size:
-            s = _swiglu(b, x2, w["shared_gate"], w["shared_up"], w["shared_down"], dq)
+            s = _swiglu(b, x2, w, "shared", dq)
             if arch.shared_expert_gate:
                 s = b.op("Mul", b.op("Sigmoid", _linear(b, x2, w["shared_expert_gate"], dq=dq)), s)
             residual = b.op("Add", h, b.op("Mul", s, rm))
         b.output(residual, "residual", F, ["B", "S", H])
     else:
-        mlp = _swiglu(b, x2, w["mlp_gate"], w["mlp_up"], w["mlp_down"], dq)
+        mlp = _swiglu(b, x2, w, "mlp", dq)
+        if arch.post_norm:
+            mlp = _norm(b, mlp, arch, w["mlp_out_norm"], None)
         b.output(b.op("Add", h, b.op("Mul", mlp, rm)), "hidden_out", F, ["B", "S", H])
     return b.model()
 

@@ -17,6 +17,30 @@ from edgemoe.exporters.families.base import FamilyAdapter
 from edgemoe.package.onnx_util import RowBlocks
 
 
+def half_split_order(head_dim: int, rotary: int) -> np.ndarray:
+    """Row order within one head that turns GPT-J RoPE (pairs 2j, 2j+1 rotate together by
+    frequency j) into the half-split form (j, j + R/2): even rotary dims, odd ones, then the rest.
+    q.k is unchanged when q and k are permuted alike; v is not touched."""
+    return np.concatenate([np.arange(0, rotary, 2), np.arange(1, rotary, 2),
+                           np.arange(rotary, head_dim)])
+
+
+def interleaved_to_half(w: dict[str, np.ndarray], arch: MoEArch) -> dict[str, np.ndarray]:
+    """q, k (and their biases and per-head or whole-projection norm weights) with each head's rows
+    in :func:`half_split_order`."""
+    order = half_split_order(arch.head_dim, arch.rope_dim)
+    w = dict(w)
+    for role, heads in (("q", arch.num_heads), ("k", arch.num_kv_heads)):
+        rows = (np.arange(heads)[:, None] * arch.head_dim + order[None]).reshape(-1)
+        for r in (role, f"{role}_bias"):
+            if r in w:
+                w[r] = w[r][rows]
+        norm = w.get(f"{role}_norm")
+        if norm is not None:
+            w[f"{role}_norm"] = norm[order] if norm.shape[0] == arch.head_dim else norm[rows]
+    return w
+
+
 def _alts(t) -> tuple[str, ...]:
     return (t,) if isinstance(t, str) else tuple(t)
 
@@ -49,7 +73,12 @@ class WeightMap:
         a = self.arch
         H, D, E = a.hidden_size, a.head_dim, a.num_experts
         q, kv = a.num_heads * D, a.num_kv_heads * D
-        return {"embed": (a.vocab_size, H), "lm_head": (a.vocab_size, H), "final_norm": (H,),
+        Is, Id = a.shared_intermediate_size, a.dense_intermediate_size
+        return {"qkv": (q + 2 * kv, H), "router_bias": (E,), "router_selection_bias": None,
+                "attn_out_norm": (H,), "mlp_out_norm": (H,), "shared_gate_up": (2 * Is, H),
+                "shared_gate_bias": (Is,), "shared_up_bias": (Is,), "shared_down_bias": (H,),
+                "mlp_gate_bias": (Id,), "mlp_up_bias": (Id,), "mlp_down_bias": (H,),
+                "embed": (a.vocab_size, H), "lm_head": (a.vocab_size, H), "final_norm": (H,),
                 "final_norm.bias": (H,), "lm_head.bias": (a.vocab_size,), "attn_norm": (H,),
                 "attn_norm.bias": (H,), "mlp_norm": (H,), "mlp_norm.bias": (H,),
                 "q": (q, H), "k": (kv, H), "v": (kv, H), "o": (H, q), "q_bias": (q,),
@@ -63,8 +92,28 @@ class WeightMap:
                 "mlp_down": (H, a.dense_intermediate_size)}.get(role)
 
     def _read_roles(self, names: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
-        return {role: self._read(self._find(role, alts), self._expected(role))
-                for role, alts in names.items()}
+        w = {role: self._read(self._find(role, alts), self._expected(role))
+             for role, alts in names.items()}
+        return self._canonical(w)
+
+    def _canonical(self, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fused tensors split into their roles, the selection bias flat, and (interleaved RoPE)
+        q/k rows permuted to the half-split order the graphs use."""
+        a = self.arch
+        if "qkv" in w:       # [q | k | v] rows
+            q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+            w["q"], w["k"], w["v"] = np.split(w.pop("qkv"), [q, q + kv])
+        if "shared_gate_up" in w:
+            w["shared_gate"], w["shared_up"] = np.split(w.pop("shared_gate_up"), 2)
+        if "router_selection_bias" in w:
+            b = w["router_selection_bias"]
+            if b.size != a.num_experts:
+                raise CheckpointError(f"the router's selection bias has {b.size} values for "
+                                      f"{a.num_experts} experts; the config and weights disagree")
+            w["router_selection_bias"] = b.reshape(a.num_experts).astype(np.float32)
+        if self.adapter.interleaved_rope:
+            w = interleaved_to_half(w, a)
+        return w
 
     # ---- public ----
     def _rows(self, name: str, shape: tuple[int, ...]) -> RowBlocks:
@@ -159,8 +208,8 @@ class WeightMap:
 
     def leftovers(self, used: set[str] | None = None) -> list[str]:
         used = self.used if used is None else used
-        ignorable = re.compile("|".join(re.escape(s) for s in self.adapter.ignorable))
-        return sorted(n for n in self.ckpt.tensors if n not in used and not ignorable.search(n))
+        ignored = self.adapter.ignored(self.ckpt.config)
+        return sorted(n for n in self.ckpt.tensors if n not in used and not ignored.search(n))
 
     def check_complete(self, used: set[str] | None = None):
         """Raise if any checkpoint tensor is not (to be) read: ``used`` defaults to what was read."""

@@ -15,6 +15,11 @@ KV_NUMPY = {"f16": "float16", "f32": "float32", "int8": "int8"}
 KV_DTYPES = tuple(KV_NUMPY)
 DEFAULT_KV_DTYPE = "f16"
 ROUTER_WEIGHT = "router_weight"   # initializer [H, E] of a MoE layer graph (read for prefetch)
+ROUTER_BIAS = "router_bias"       # [E], added to the logits in the graph (gpt-oss)
+# [E] float32, per MoE layer where the router chooses on biased scores (DeepSeek-V3's
+# e_score_correction_bias and its cousins): held by the layer graph, used by the runtime's routing
+SELECTION_BIAS = "router_selection_bias"
+MOE_OUT_NORM = "moe_out_norm"     # [H] RMSNorm weight the runtime applies to a post-norm MoE's sum
 
 
 def kv_head_dim(head_dim: int) -> int:
@@ -30,24 +35,32 @@ def kv_bytes_per_token(arch, kv: str) -> int:
         * kv_head_dim(arch.head_dim)
 
 
-def read_initializer(path, name: str):
-    """One initializer of an ONNX file as numpy, reading only its bytes (external data or inline)."""
+def read_initializers(path, names) -> dict:
+    """The initializers ``names`` of an ONNX file that it has, as numpy (one parse of the file)."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return {t.name: _initializer(path, t) for t in model.graph.initializer if t.name in set(names)}
+
+
+def _initializer(path, t):
     from pathlib import Path
 
     import numpy as np
     import onnx
     from onnx import numpy_helper
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(t)
+    info = {e.key: e.value for e in t.external_data}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    with open(Path(path).parent / info["location"], "rb") as f:
+        f.seek(int(info.get("offset", 0)))
+        raw = f.read(int(info["length"]))
+    return np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims)).copy()
 
-    model = onnx.load(str(path), load_external_data=False)
-    for t in model.graph.initializer:
-        if t.name != name:
-            continue
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            return numpy_helper.to_array(t)
-        info = {e.key: e.value for e in t.external_data}
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        with open(Path(path).parent / info["location"], "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            raw = f.read(int(info["length"]))
-        return np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims)).copy()
+
+def read_initializer(path, name: str):
+    """One initializer of an ONNX file as numpy, reading only its bytes (external data or inline)."""
+    found = read_initializers(path, [name])
+    if name in found:
+        return found[name]
     raise KeyError(f"{name} not in {path}")

@@ -22,7 +22,8 @@ from edgemoe.backends.base import run_group
 from edgemoe.errors import BudgetError, ConfigError, PackageError
 from edgemoe.package.reader import Package
 from edgemoe.package.graph_io import (DEFAULT_KV_DTYPE, DENSE_OUTPUTS, KV_OUTPUTS, KV_SCALE_INPUTS,
-                                      MOE_OUTPUTS)
+                                      MOE_OUT_NORM, MOE_OUTPUTS, ROUTER_BIAS, ROUTER_WEIGHT,
+                                      SELECTION_BIAS, read_initializers)
 from edgemoe.runtime.events import Event
 from edgemoe.runtime.expert_rows import ExpertRows
 from edgemoe.package.record_store import ExpertStore
@@ -164,10 +165,10 @@ class Runtime:
                           growable=budget is None)
         self.kv.reset()
         self._tokenizer = None
+        self._layer_tensors = self._read_layer_tensors(prefetch=budget is not None and prefetch)
         self.last_routing: list[np.ndarray] = []   # per MoE layer: experts [T, k] of the last step
         self.budget_plan = None
         self.trace = None
-        self._routers = {}
         self.recall = [0, 0]                        # prefetch prediction: (hits, actual)
         self.events = events                        # an EventSink (see runtime/events.py) or None
         self._step = 0
@@ -208,14 +209,23 @@ class Runtime:
                                         self.level, io_threads=io_threads, direct=direct_io,
                                         read_delay_s=read_delay_s, trace=self.trace, events=events)
         self.store = self.budgeted.loader
-        if prefetch:
-            from edgemoe.package.graph_io import ROUTER_WEIGHT, read_initializer
-            try:
-                for i in self.arch.moe_layers:
-                    self._routers[i] = read_initializer(self.pkg.path(self.pkg.layer_graphs[i]),
-                                                        ROUTER_WEIGHT)      # [H, E]
-            except KeyError:       # exported before routers were named: run without prefetch
-                self._routers = {}
+
+    def _read_layer_tensors(self, prefetch: bool) -> dict[int, dict[str, np.ndarray]]:
+        """Per MoE layer, what the runtime computes with beside the graph: the router's selection
+        bias (SELECTION_BIAS [E]), a post-norm MoE's output norm (MOE_OUT_NORM [H]) and, for the
+        next-layer prediction under a budget, the router (ROUTER_WEIGHT [H, E], ROUTER_BIAS [E]).
+        A package exported before routers were named has none: it runs without prefetch."""
+        a = self.arch
+        names = ([SELECTION_BIAS] if a.router.selection_bias else []) + \
+            ([MOE_OUT_NORM] if a.post_norm else []) + ([ROUTER_WEIGHT, ROUTER_BIAS] if prefetch else [])
+        if not names:
+            return {i: {} for i in a.moe_layers}
+        out = {i: read_initializers(self.pkg.path(self.pkg.layer_graphs[i]), names) for i in a.moe_layers}
+        for i, t in out.items():
+            for need in {SELECTION_BIAS, MOE_OUT_NORM} & set(names) - set(t):
+                raise PackageError(f"layer {i}'s graph in {self.pkg.root} lacks {need}, which this "
+                                   f"{a.family} package routes with; re-export the package")
+        return out
 
     def _warm_dense(self, tokens: int = 1, context: int = 1):
         """``tokens`` tokens through the dense graphs (experts skipped) in slot 0 at the end of a
@@ -237,7 +247,7 @@ class Runtime:
         from edgemoe.runtime.loader import Loader
         a, bits = self.arch, self.pkg.quant.ladder[0]
         logits = np.linspace(-1, 1, rows * a.num_experts, dtype=np.float32).reshape(rows, -1)
-        experts, _ = route(logits, a)
+        experts, _ = route(logits, a, np.zeros(a.num_experts, np.float32))
         np.unique(experts, return_counts=True)
         np.unique(experts)      # numpy 2's hash-table path (1.3 MiB on first use), unlike the above
         keys = sorted(self.pkg.experts)[:max(io_threads, 1)]
@@ -443,7 +453,7 @@ class Runtime:
             flat = [np.concatenate([o[k].reshape(-1, o[k].shape[-1]) for o in outs]) if len(outs) > 1
                     else outs[0][k].reshape(-1, outs[0][k].shape[-1]) for k in range(3)]
             residual, moe_in, logits = flat                                       # [N, H], [N, H], [N, E]
-            h = residual + self.arch.residual_multiplier * self._moe(i, moe_in, logits)
+            h = residual + self._moe_out(i, self._moe(i, moe_in, logits))
             parts = np.split(h, np.cumsum(sizes)[:-1]) if len(outs) > 1 else [h]
             hs = [part.reshape(o[0].shape) for part, o in zip(parts, outs)]
         for lo, hi, js in groups:
@@ -466,9 +476,18 @@ class Runtime:
         self._step += 1
         return out
 
+    def _moe_out(self, layer: int, y: np.ndarray) -> np.ndarray:
+        """What a MoE layer adds to its residual: the experts' weighted sum y [T, H] times the
+        residual multiplier, or (post-norm layouts) its RMSNorm (float32, as the layer graphs')."""
+        a = self.arch
+        if not a.post_norm:
+            return a.residual_multiplier * y
+        var = np.mean(y * y, axis=-1, keepdims=True)
+        return (y / np.sqrt(var + np.float32(a.norm_eps))) * self._layer_tensors[layer][MOE_OUT_NORM]
+
     def _moe(self, layer: int, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Expert-major: each chosen expert runs once on all tokens routed to it."""
-        experts, weights = route(logits, self.arch)              # [T, k], [T, k]
+        experts, weights = route(logits, self.arch, self._layer_tensors[layer].get(SELECTION_BIAS))
         self.last_routing.append(experts)
         if self.budgeted is not None:
             pred = self._predict(layer, x)
@@ -488,9 +507,13 @@ class Runtime:
     def _predict(self, layer: int, x: np.ndarray) -> tuple:
         """The next MoE layer's experts, from its router applied to this layer's MoE input."""
         nxt = [i for i in self.arch.moe_layers if i > layer]
-        if not self._routers or not nxt:
+        t = self._layer_tensors[nxt[0]] if nxt else {}
+        if ROUTER_WEIGHT not in t:
             return ()
-        experts, _ = route(x @ self._routers[nxt[0]], self.arch)
+        logits = x @ t[ROUTER_WEIGHT]
+        if ROUTER_BIAS in t:
+            logits = logits + t[ROUTER_BIAS]
+        experts, _ = route(logits, self.arch, t.get(SELECTION_BIAS))
         return tuple((nxt[0], int(e)) for e in np.unique(experts))
 
     def batch(self, prefill_chunk: int = PREFILL_CHUNK):

@@ -3,15 +3,25 @@ from __future__ import annotations
 
 from edgemoe.errors import UnsupportedArchitectureError
 from edgemoe.exporters.families.base import FamilyAdapter
+from edgemoe.exporters.families.dots1 import Dots1Adapter
+from edgemoe.exporters.families.ernie4_5_moe import Ernie45MoeAdapter
+from edgemoe.exporters.families.flex_olmo import FlexOlmoAdapter
+from edgemoe.exporters.families.glm4_moe import Glm4MoeAdapter
 from edgemoe.exporters.families.granitemoe import GraniteMoeAdapter
+from edgemoe.exporters.families.granitemoeshared import GraniteMoeSharedAdapter
+from edgemoe.exporters.families.hunyuan_v1_moe import HunyuanV1MoeAdapter
+from edgemoe.exporters.families.minimax_m2 import MinimaxM2Adapter
 from edgemoe.exporters.families.mixtral import MixtralAdapter
 from edgemoe.exporters.families.olmoe import OlmoeAdapter
 from edgemoe.exporters.families.phimoe import PhimoeAdapter
 from edgemoe.exporters.families.qwen2_moe import Qwen2MoeAdapter
 from edgemoe.exporters.families.qwen3_moe import Qwen3MoeAdapter
+from edgemoe.exporters.families.sarvam_moe import SarvamMoeAdapter
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (MixtralAdapter(), Qwen2MoeAdapter(), Qwen3MoeAdapter(),
-                                       OlmoeAdapter(), PhimoeAdapter(), GraniteMoeAdapter())
+ADAPTERS: tuple[FamilyAdapter, ...] = (
+    MixtralAdapter(), Qwen2MoeAdapter(), Qwen3MoeAdapter(), OlmoeAdapter(), PhimoeAdapter(),
+    GraniteMoeAdapter(), GraniteMoeSharedAdapter(), Glm4MoeAdapter(), SarvamMoeAdapter(), Dots1Adapter(),
+    Ernie45MoeAdapter(), HunyuanV1MoeAdapter(), MinimaxM2Adapter(), FlexOlmoAdapter())
 
 
 def supported_model_types() -> list[str]:

@@ -1,4 +1,5 @@
 """GraniteMoE: top-k on logits then softmax over the k; scalar multipliers; experts fused on disk."""
+from edgemoe.arch import RouterSpec
 from edgemoe.exporters.families.base import FamilyAdapter, L, common_arch, num_experts
 
 
@@ -10,7 +11,7 @@ class GraniteMoeAdapter(FamilyAdapter):
         bias = bool(cfg.get("attention_bias", False))
         return common_arch(cfg, self.name, intermediate_size=cfg["intermediate_size"],
                            num_experts=num_experts(cfg), top_k=cfg["num_experts_per_tok"],
-                           routing="topk_softmax", qkv_bias=bias, o_bias=bias,
+                           router=RouterSpec(topk_first=True, renormalize=False), qkv_bias=bias, o_bias=bias,
                            embedding_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
                            residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
                            attention_scale=float(cfg.get("attention_multiplier", 0.0)),

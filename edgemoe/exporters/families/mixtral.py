@@ -1,4 +1,5 @@
 """Mixtral: softmax over all experts, top-k, always renormalised; experts w1 (gate), w3 (up), w2 (down)."""
+from edgemoe.arch import RouterSpec
 from edgemoe.exporters.families.base import FamilyAdapter, L, common_arch, num_experts
 
 
@@ -10,7 +11,7 @@ class MixtralAdapter(FamilyAdapter):
         return common_arch(cfg, self.name, intermediate_size=cfg["intermediate_size"],
                            num_experts=num_experts(cfg), top_k=cfg["num_experts_per_tok"],
                            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                           routing="softmax_topk", norm_topk_prob=True)
+                           router=RouterSpec())
 
     def moe_names(self, arch):
         return {"router": (L + "block_sparse_moe.gate.weight", L + "mlp.gate.weight")}

@@ -1,4 +1,5 @@
 """OLMoE: q/k RMSNorm over the whole projection (before clip_qkv), optional renormalisation."""
+from edgemoe.arch import RouterSpec
 from edgemoe.exporters.families.base import FamilyAdapter, common_arch, num_experts
 
 
@@ -11,6 +12,6 @@ class OlmoeAdapter(FamilyAdapter):
         return common_arch(cfg, self.name, intermediate_size=cfg["intermediate_size"],
                            num_experts=num_experts(cfg), top_k=cfg["num_experts_per_tok"],
                            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                           routing="softmax_topk", norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                           router=RouterSpec(renormalize=bool(cfg.get("norm_topk_prob", False))),
                            qkv_bias=bias, o_bias=bias, qk_norm="full",
                            clip_qkv=float(cfg.get("clip_qkv") or 0.0))

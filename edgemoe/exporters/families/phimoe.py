@@ -1,4 +1,5 @@
 """PhiMoE: sparsemixer top-2 routing, LayerNorm with bias, attention and LM-head biases."""
+from edgemoe.arch import RouterSpec
 from edgemoe.exporters.families.base import FamilyAdapter, L, common_arch, num_experts
 
 
@@ -11,8 +12,8 @@ class PhimoeAdapter(FamilyAdapter):
         return common_arch(cfg, self.name, intermediate_size=cfg["intermediate_size"],
                            num_experts=num_experts(cfg), top_k=cfg["num_experts_per_tok"],
                            norm="layer", norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                           routing="sparsemixer",
-                           router_jitter_noise=float(cfg.get("router_jitter_noise", 0.01)),
+                           router=RouterSpec(score="sparsemixer", renormalize=False,
+                                             jitter=float(cfg.get("router_jitter_noise", 0.01))),
                            qkv_bias=bias, o_bias=bias, lm_head_bias=bool(cfg.get("lm_head_bias", False)))
 
     def moe_names(self, arch):

@@ -1,5 +1,6 @@
 """Qwen2-MoE: q/k/v bias, shared expert scaled by sigmoid(shared_expert_gate(x)), optional renormalisation,
 sparse layers chosen by ``decoder_sparse_step`` and ``mlp_only_layers``."""
+from edgemoe.arch import RouterSpec
 from edgemoe.exporters.families.base import FamilyAdapter, L, common_arch, num_experts
 
 
@@ -17,7 +18,7 @@ class Qwen2MoeAdapter(FamilyAdapter):
     def arch(self, cfg):
         return common_arch(cfg, self.name, intermediate_size=cfg["moe_intermediate_size"],
                            num_experts=num_experts(cfg), top_k=cfg["num_experts_per_tok"],
-                           routing="softmax_topk", norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                           router=RouterSpec(renormalize=bool(cfg.get("norm_topk_prob", False))),
                            qkv_bias=bool(cfg.get("qkv_bias", True)),
                            shared_intermediate_size=cfg.get("shared_expert_intermediate_size", 0),
                            shared_expert_gate=bool(cfg.get("shared_expert_intermediate_size", 0)),

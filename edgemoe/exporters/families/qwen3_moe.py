@@ -1,4 +1,5 @@
 """Qwen3-MoE: per-head q/k RMSNorm over head_dim, optional attention bias, no shared expert."""
+from edgemoe.arch import RouterSpec
 from edgemoe.exporters.families.base import FamilyAdapter, common_arch, num_experts
 from edgemoe.exporters.families.qwen2_moe import dense_layers
 
@@ -11,7 +12,7 @@ class Qwen3MoeAdapter(FamilyAdapter):
         bias = bool(cfg.get("attention_bias", False))
         return common_arch(cfg, self.name, intermediate_size=cfg["moe_intermediate_size"],
                            num_experts=num_experts(cfg), top_k=cfg["num_experts_per_tok"],
-                           routing="softmax_topk", norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                           router=RouterSpec(renormalize=bool(cfg.get("norm_topk_prob", False))),
                            qkv_bias=bias, o_bias=bias, qk_norm="per_head",
                            dense_layers=dense_layers(cfg),
                            dense_intermediate_size=cfg.get("intermediate_size", 0))
