@@ -21,10 +21,12 @@ from edgemoe.runtime.engine import Runtime  # noqa: E402
 FAMILIES = sorted(tiny_models.FAMILIES)
 # Random-weight routers sit near ties, so an 8-bit perturbation of an early layer can swap a later
 # layer's expert choice and move that position's logits a lot; trained models are confident (see
-# the demo-model benchmark). Measured over 3 seeds x 6 families: exact fp32 compute 96.9-100%
-# (typically 98.4-98.8%), onnxruntime's int8-activation fast path 94.9-100%.
-LEVEL8_TOP1_RANDOM = 0.97
-LEVEL8_TOP1_RANDOM_FAST = 0.94
+# the demo-model benchmark). Measured over 3 seeds x 14 families with the zero biases randomised
+# (2026-12-02): exact fp32 compute 95.3-100% (PhiMoE's thresholded sparsemixer lowest, 95.3% at
+# seed 0; every other family >= 97.7%), onnxruntime's int8-activation fast path 93.8-100% (PhiMoE;
+# others >= 96.5%).
+LEVEL8_TOP1_RANDOM = 0.95
+LEVEL8_TOP1_RANDOM_FAST = 0.93
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -64,6 +66,32 @@ def test_float_experts_greedy_tokens_identical(family_model):
     ours = Runtime(f32, kv_dtype="f32").generate(prompt.tolist(), max_new_tokens=32, stop_at_eos=False).ids
     assert len(hf) == 32
     assert ours == hf
+
+
+def test_no_tensor_of_the_tiny_checkpoint_is_all_zero(family_model):
+    """Zero-initialised biases and buffers (selection biases, Linear biases) are randomised by
+    tiny_models.build, or the paths they feed would pass untested."""
+    from safetensors.numpy import load_file
+    _, _, f32, _ = family_model
+    zero = [n for f in sorted((f32.parent / "hf").glob("*.safetensors"))
+            for n, t in load_file(f).items() if not t.any()]
+    assert not zero
+
+
+def test_the_selection_bias_changes_the_output(family_model):
+    """Where the router chooses on biased scores, the runtime's bias is the one that matters:
+    zeroing it moves the logits (so the 1e-4 parity above could not pass without it)."""
+    from edgemoe.package.graph_io import SELECTION_BIAS
+    _, model, f32, _ = family_model
+    rt = Runtime(f32, kv_dtype="f32")
+    if not rt.arch.router.selection_bias:
+        pytest.skip(f"{rt.arch.family} routes without a selection bias")
+    ids = np.random.default_rng(5).integers(0, model.config.vocab_size, 32)
+    with_bias = rt.forward(ids)
+    for t in rt._layer_tensors.values():
+        t[SELECTION_BIAS] = np.zeros_like(t[SELECTION_BIAS])
+    rt.reset()
+    assert np.abs(rt.forward(ids) - with_bias).max() > 1e-2
 
 
 def test_level8_top1_agreement(family_model):
