@@ -38,6 +38,14 @@ def main():
     """
 
 
+def _size(n: float) -> str:
+    """Bytes as llama.cpp / Ollama print them: KiB, MiB or GiB (binary)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}"
+    return f"{int(n)} B"
+
+
 def _bar(label: str):
     """A click progress bar driven by export's (stage, done, total) callback."""
     state = {}
@@ -57,7 +65,7 @@ def _bar(label: str):
 
 
 @main.command()
-@click.argument("src", type=click.Path(file_okay=False))
+@click.argument("src")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="package folder to write")
 @click.option("--ladder", default="2,4,8", show_default=True,
               help="levels (bits) of the matryoshka ladder, increasing, ending at 8")
@@ -81,8 +89,14 @@ def _bar(label: str):
 def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, dry_run, overwrite, as_json):
     """Export a Hugging Face MoE checkpoint folder SRC to an .edgemoe package.
 
-    SRC holds config.json, *.safetensors (sharded or not; fp32/fp16/bf16) and optionally
-    tokenizer.json. Supported families: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, PhiMoE, GraniteMoE.
+    SRC is a checkpoint folder (config.json, *.safetensors sharded or not, fp32/fp16/bf16,
+    optionally tokenizer.json) or a hub id such as Qwen/Qwen3-30B-A3B already in the Hugging Face
+    cache (`huggingface-cli download ID` first; nothing is downloaded here). With --dry-run, a
+    folder holding only config.json is enough: the sizes follow from its shapes.
+
+    Supported model types: mixtral, qwen2_moe, qwen3_moe, olmoe, phimoe, granitemoe,
+    granitemoeshared, glm4_moe, sarvam_moe, dots1, ernie4_5_moe, hunyuan_v1_moe, minimax_m2,
+    flex_olmo.
     """
     from edgemoe.exporters.export import export as do_export, plan_export
     from edgemoe.quant.dense import DenseQuant, default_dense
@@ -92,20 +106,35 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
             QuantSpec(ladder=parse_ladder(ladder), group_size=group_size, scale_dtype=scale_dtype))
     dense = DenseQuant(dense_dtype, group_size) if dense_dtype else default_dense(spec)
     if dry_run:
-        plan, _, _ = plan_export(src, spec, dense)
-        summary = {"family": plan.family, "files": [{"path": p, "bytes": n} for p, n in plan.files],
-                   "total_bytes": plan.total_bytes,
-                   "expert_bytes_per_level": {b: plan.level_bytes(b) for b in spec.ladder}}
+        plan, _, _ = plan_export(src, spec, dense, allow_config_only=True)
+        a = plan.arch
+        levels = {b: {"expert_bytes": plan.level_bytes(b), "package_bytes": plan.fixed_bytes + plan.level_bytes(b)}
+                  for b in spec.ladder}
+        summary = {"family": plan.family, "config_only": plan.config_only,
+                   "params_total": plan.params[0], "params_active": plan.params[1],
+                   "files": [{"path": p, "bytes": n} for p, n in plan.files],
+                   "total_bytes": plan.total_bytes, "fixed_bytes": plan.fixed_bytes,
+                   "kv_bytes_per_token": {kv: plan.kv_bytes_per_token(kv) for kv in ("f16", "int8")},
+                   "expert_bytes_per_level": {b: v["expert_bytes"] for b, v in levels.items()},
+                   "levels": levels}
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
-        click.echo(f"{plan.family}: {plan.arch.num_layers} layers, {plan.arch.num_experts} experts "
-                   f"(top-{plan.arch.top_k}); would write to {out}:")
-        for p, n in plan.files:
-            click.echo(f"  {n / 2**20:10.2f} MiB  {p}")
-        click.echo(f"  {plan.total_bytes / 2**20:10.2f} MiB  total")
-        for b in spec.ladder:
-            click.echo(f"  experts at level {b}: {plan.level_bytes(b) / 2**20:.2f} MiB resident")
+        click.echo(f"{plan.family}: {a.num_layers} layers ({len(a.moe_layers)} MoE), {a.num_experts} "
+                   f"experts (top-{a.top_k}), {plan.params[0] / 1e9:.2f}B parameters, "
+                   f"{plan.params[1] / 1e9:.2f}B active; would write to {out}"
+                   + (" (sizes from config.json alone: no weights here)" if plan.config_only else "") + ":")
+        if len(plan.files) <= 40:
+            for p, n in plan.files:
+                click.echo(f"  {_size(n):>10}  {p}")
+        click.echo(f"  {_size(plan.total_bytes):>10}  total on disk (every level's bits)")
+        click.echo(f"  {_size(plan.fixed_bytes):>10}  fixed part: dense graphs ({dense.dtype}) + tokenizer, "
+                   f"resident at every level")
+        for b, v in levels.items():
+            click.echo(f"  {_size(v['package_bytes']):>10}  resident at level {b}: fixed + "
+                       f"{_size(v['expert_bytes'])} of experts")
+        click.echo(f"  {_size(plan.kv_bytes_per_token('f16')):>10}  KV cache per token of context (f16; "
+                   f"{_size(plan.kv_bytes_per_token('int8'))} int8)")
         return
     path = do_export(src, out, spec, overwrite=overwrite,
                      progress=None if as_json else _bar("exporting"), dense=dense)

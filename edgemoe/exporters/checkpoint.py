@@ -81,9 +81,11 @@ class Checkpoint:
     ----------
     path : folder with ``config.json`` and ``model.safetensors`` or ``model.safetensors.index.json``
         plus its shards (any ``*.safetensors`` are indexed when there is no index file).
+    weights : False reads config.json only (no shards: ``tensors`` starts empty; see
+        ``exporters.config_plan``, which fills it with the shapes the config implies)
     """
 
-    def __init__(self, path):
+    def __init__(self, path, weights: bool = True):
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"checkpoint folder {self.path} does not exist; pass the folder that "
@@ -99,7 +101,13 @@ class Checkpoint:
         if not isinstance(self.config, dict):
             raise CheckpointError(f"{cfg} is not a JSON object; re-download config.json")
         self.tensors: dict[str, TensorInfo] = {}
-        self._index_shards()
+        self.shards: list[Path] = []
+        if weights:
+            self._index_shards()
+
+    def has_weights(self) -> bool:
+        """Whether the folder holds any safetensors weights (an index or a shard)."""
+        return (self.path / "model.safetensors.index.json").exists() or any(self.path.glob("*.safetensors"))
 
     def _shard_files(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"

@@ -44,10 +44,22 @@ class ExportPlan:
     quant: QuantSpec
     files: list[tuple[str, int]] = field(default_factory=list)   # (path, approx bytes)
     chat: tuple | None = None    # read_chat_config's (template, special tokens, add_bos), with a tokenizer
+    config_only: bool = False    # planned from config.json alone (no weights in the folder)
+    params: tuple[int, int] = (0, 0)   # (total, active per token) parameters of the checkpoint
+    hub_id: str | None = None    # the hub id the source was resolved from (its cached snapshot)
 
     @property
     def total_bytes(self) -> int:
         return sum(n for _, n in self.files)
+
+    @property
+    def fixed_bytes(self) -> int:
+        """The dense graphs (embedding, layers, head) and tokenizer files: what every level holds."""
+        return sum(n for p, n in self.files if not p.endswith(C.RECORD_FILE))
+
+    def kv_bytes_per_token(self, kv: str = "f16") -> int:
+        from edgemoe.package.graph_io import kv_bytes_per_token
+        return kv_bytes_per_token(self.arch, kv)
 
     def level_bytes(self, bits: int) -> int:
         layout = record_layout(self.arch.expert_matrices(), self.quant)
@@ -68,11 +80,18 @@ def _dense_bytes(arch: MoEArch, ckpt: Checkpoint, names: dict, dense: DenseQuant
     return int(total)
 
 
-def plan_export(src, quant: QuantSpec, dense: DenseQuant | None = None) -> tuple[ExportPlan, Checkpoint, WeightMap]:
+def plan_export(src, quant: QuantSpec, dense: DenseQuant | None = None,
+                allow_config_only: bool = False) -> tuple[ExportPlan, Checkpoint, WeightMap]:
     """Index the checkpoint, pick its adapter and resolve every tensor (raising on any mismatch).
-    ``dense``: as ``export``'s."""
+    ``dense``: as ``export``'s. ``allow_config_only``: a folder with config.json and no weights
+    gets a size-only plan (``exporters.config_plan``), for ``--dry-run``."""
+    from edgemoe.exporters.hub import resolve_source
     dense = dense or default_dense(quant)
-    ckpt = Checkpoint(src)
+    given, src = src, resolve_source(src)
+    ckpt = Checkpoint(src, weights=False)
+    config_only = allow_config_only and not ckpt.has_weights()
+    if not config_only:
+        ckpt = Checkpoint(src)
     adapter = adapter_for(ckpt.config)
     try:
         arch = adapter.arch(ckpt.config)
@@ -84,9 +103,14 @@ def plan_export(src, quant: QuantSpec, dense: DenseQuant | None = None) -> tuple
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"config.json in {ckpt.path} has a value of the wrong type ({e}); "
                               f"re-download config.json or fix it") from None
+    from edgemoe.exporters.config_plan import fill_planned_tensors, parameter_counts
+    if config_only:
+        fill_planned_tensors(ckpt, adapter, arch)
     wmap = WeightMap(ckpt, adapter, arch)
     wmap.check_complete(wmap.planned_names())
-    plan = ExportPlan(Path(src), adapter.name, arch, quant)
+    plan = ExportPlan(Path(src), adapter.name, arch, quant, config_only=config_only)
+    plan.params = parameter_counts(ckpt, arch)
+    plan.hub_id = str(given) if src != Path(given).expanduser() else None
     layout = record_layout(arch.expert_matrices(), quant)
     g = adapter.global_names(arch)
     plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]}, dense.embedding)))
@@ -163,7 +187,8 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
 
     Parameters
     ----------
-    src : Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json)
+    src : Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json), or
+        a hub id ("org/name") already in the local Hugging Face cache (see ``exporters.hub``)
     out : package folder to create (written atomically via ``out.partial``)
     quant : expert quantization; default matryoshka ladder (2, 4, 8), group 64
     overwrite : replace an existing package at ``out``
@@ -176,6 +201,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     quant = quant or QuantSpec()
     dense = dense or default_dense(quant)
     plan, ckpt, wmap = plan_export(src, quant, dense)
+    src = plan.source                    # a hub id resolved to its cached snapshot
     arch, adapter = plan.arch, wmap.adapter
     layout = record_layout(arch.expert_matrices(), quant)
     # progress units: embed, each layer's dense graph, each expert, head + manifest
@@ -224,6 +250,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
             C.K_VERSION: C.FORMAT_VERSION,
             C.K_PRODUCER: {"edgemoe": __version__, "adapter": adapter.name,
                            "source": {"path": str(Path(src).resolve()),
+                                      **({"hub_id": plan.hub_id} if plan.hub_id else {}),
                                       "model_type": ckpt.config.get("model_type"),
                                       "fingerprint_sha256": ckpt.fingerprint()},
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
