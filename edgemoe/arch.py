@@ -14,6 +14,7 @@ SCORES = ("softmax", "sigmoid", "sqrtsoftplus", "sparsemixer")
 GROUP_SCORES = ("max", "top2_sum")
 NORMS = ("rms", "layer")
 QK_NORMS = ("none", "per_head", "full")
+EXPERT_ACTS = ("silu", "clamped")
 ROPE_TYPES = ("default", "linear", "dynamic", "ntk_alpha", "yarn", "llama3")
 
 
@@ -101,6 +102,13 @@ class MoEArch:
     qk_norm: str = "none"             # none | per_head (Qwen3) | full (OLMoE)
     qk_norm_after_rope: bool = False  # HunYuan
     post_norm: bool = False           # norms after the sublayers, none before (FlexOlmo)
+    sliding_window: int = 0           # keys a sliding layer's query sees, itself included (gpt-oss 128)
+    sliding_layers: tuple[int, ...] = ()  # layers with that window; the others attend to everything
+    attn_sinks: bool = False          # per-head learned sink logit in each softmax (gpt-oss)
+    expert_act: str = "silu"          # silu: down(silu(g) * u) | clamped: gpt-oss's, see EXPERT_ACTS
+    swiglu_alpha: float = 1.702       # clamped: g * sigmoid(alpha * g) ...
+    swiglu_limit: float = 7.0         # ... with g <= limit and |u| <= limit, times (u + 1)
+    expert_bias: bool = False         # biases on the experts' gate_up and down (in their records)
     clip_qkv: float = 0.0             # 0 = off (OLMoE)
     shared_intermediate_size: int = 0 # 0 = no shared expert
     shared_expert_gate: bool = False  # sigmoid(Linear(H,1)) on the shared expert (Qwen2-MoE)
@@ -141,6 +149,12 @@ class MoEArch:
                                or self.norm != "rms"):
             raise ConfigError("post-norm layers are built with RMSNorm, no shared expert and no "
                               "residual multiplier (as OLMo2/FlexOlmo)")
+        if self.expert_act not in EXPERT_ACTS:
+            raise ConfigError(f"MoEArch.expert_act must be one of {EXPERT_ACTS}, got {self.expert_act!r}")
+        if self.sliding_layers and self.sliding_window < 1:
+            raise ConfigError("sliding_layers need a sliding_window >= 1")
+        if any(not 0 <= i < self.num_layers for i in self.sliding_layers):
+            raise ConfigError(f"sliding_layers {list(self.sliding_layers)} outside 0..{self.num_layers - 1}")
         bad = [i for i in self.dense_layers if not 0 <= i < self.num_layers]
         if bad:
             raise ConfigError(f"dense_layers {bad} outside 0..{self.num_layers - 1}")
@@ -163,6 +177,14 @@ class MoEArch:
     def scale(self) -> float:
         return self.attention_scale or self.head_dim ** -0.5
 
+    def window(self, layer: int) -> int:
+        """The attention window of ``layer`` in keys (0: the whole sequence)."""
+        return self.sliding_window if layer in self.sliding_layers else 0
+
+    def expert_biases(self) -> tuple[str, ...]:
+        """The expert matrices that carry a bias vector (stored in the record's first chunk)."""
+        return ("gate_up", "down") if self.expert_bias else ()
+
     def expert_matrices(self) -> dict[str, tuple[int, int]]:
         """Shapes [N_out, K_in] of one routed expert's matrices, as stored in its record."""
         return {"gate_up": (2 * self.intermediate_size, self.hidden_size),
@@ -174,6 +196,7 @@ class MoEArch:
         d["dense_layers"] = list(self.dense_layers)
         d["eos_token_ids"] = list(self.eos_token_ids)
         d["rope_scaling"] = [list(kv) for kv in self.rope_scaling]
+        d["sliding_layers"] = list(self.sliding_layers)
         return d
 
     @classmethod
@@ -186,6 +209,7 @@ class MoEArch:
         d["dense_layers"] = tuple(d.get("dense_layers", ()))
         d["eos_token_ids"] = tuple(d.get("eos_token_ids", ()))
         d["rope_scaling"] = tuple(tuple(kv) for kv in d.get("rope_scaling", ()))
+        d["sliding_layers"] = tuple(d.get("sliding_layers", ()))
         router = d.get("router", {})
         if isinstance(router, dict):
             unknown = sorted(set(router) - {f.name for f in fields(RouterSpec)})

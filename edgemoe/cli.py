@@ -96,7 +96,7 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
 
     Supported model types: mixtral, qwen2_moe, qwen3_moe, olmoe, phimoe, granitemoe,
     granitemoeshared, glm4_moe, sarvam_moe, dots1, ernie4_5_moe, hunyuan_v1_moe, minimax_m2,
-    flex_olmo.
+    flex_olmo, gpt_oss (its MXFP4 experts are dequantized while streaming).
     """
     from edgemoe.exporters.export import export as do_export, plan_export
     from edgemoe.quant.dense import DenseQuant, default_dense
@@ -115,6 +115,7 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
                    "files": [{"path": p, "bytes": n} for p, n in plan.files],
                    "total_bytes": plan.total_bytes, "fixed_bytes": plan.fixed_bytes,
                    "kv_bytes_per_token": {kv: plan.kv_bytes_per_token(kv) for kv in ("f16", "int8")},
+                   "kv_window_bytes": {kv: plan.kv_window_bytes(kv) for kv in ("f16", "int8")},
                    "expert_bytes_per_level": {b: v["expert_bytes"] for b, v in levels.items()},
                    "levels": levels}
         if as_json:
@@ -135,6 +136,9 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
                        f"{_size(v['expert_bytes'])} of experts")
         click.echo(f"  {_size(plan.kv_bytes_per_token('f16')):>10}  KV cache per token of context (f16; "
                    f"{_size(plan.kv_bytes_per_token('int8'))} int8)")
+        if a.sliding_layers:
+            click.echo(f"  {_size(plan.kv_window_bytes('f16')):>10}  KV cache of the {len(a.sliding_layers)} "
+                       f"sliding-window layers ({a.sliding_window} tokens), fixed (f16)")
         return
     path = do_export(src, out, spec, overwrite=overwrite,
                      progress=None if as_json else _bar("exporting"), dense=dense)

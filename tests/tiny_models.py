@@ -54,6 +54,9 @@ FAMILIES = {
                        rotary_dim=8, bos_token_id=None, eos_token_id=None,
                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                         "partial_rotary_factor": 0.5}),
+    # sliding window 8 < the 16-token prompt, so the windowed layers' eviction is exercised
+    "gpt_oss": dict(head_dim=16, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+                    sliding_window=8, max_position_embeddings=131072, num_hidden_layers=4),
     "flex_olmo": dict(intermediate_size=32, num_experts=8, num_experts_per_tok=2, pad_token_id=0,
                       eos_token_id=1),
 }

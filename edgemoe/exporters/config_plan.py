@@ -45,8 +45,12 @@ def fill_planned_tensors(ckpt: Checkpoint, adapter: FamilyAdapter, arch: MoEArch
                 for key, shape in (("gate", (I, H)), ("up", (I, H)), ("down", (H, I))):
                     _put(ckpt, per[key].format(i=i, e=e), shape)
         else:
-            _put(ckpt, _alts(fused["gate_up"])[0].format(i=i), (E, 2 * I, H))
-            _put(ckpt, _alts(fused["down"])[0].format(i=i), (E, H, I))
+            _put(ckpt, _alts(fused["gate_up"])[0].format(i=i),
+                 (E, H, 2 * I) if adapter.fused_input_major else (E, 2 * I, H))
+            _put(ckpt, _alts(fused["down"])[0].format(i=i), (E, I, H) if adapter.fused_input_major else (E, H, I))
+            if arch.expert_bias:
+                _put(ckpt, _alts(fused["gate_up_bias"])[0].format(i=i), (E, 2 * I))
+                _put(ckpt, _alts(fused["down_bias"])[0].format(i=i), (E, H))
 
 
 def parameter_counts(ckpt: Checkpoint, arch: MoEArch) -> tuple[int, int]:

@@ -119,34 +119,46 @@ def _merge_heads(b: GraphBuilder, x: str, n: int, d: int) -> str:
 _KV_ELEM = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "int8": TensorProto.INT8}
 
 
-def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str) -> str:
+def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str, window: int = 0,
+         sinks: np.ndarray | None = None) -> str:
     """Attention over the in-place KV cache: q [B, S, NH*D], k/v [B, S, KVH*D] (RoPE applied) ->
     [B, S, NH*D]. onnxruntime's GroupQueryAttention appends k/v at each sequence's position
     (``seqlens_k``) into past_k/past_v, which the runtime binds to the same buffer as the present
-    outputs, so no step copies the past; causal over each sequence's own length."""
+    outputs, so no step copies the past; causal over each sequence's own length. ``window`` > 0:
+    each query sees its last ``window`` keys (itself included) and the buffers are window-sized
+    (``sliding_window_cache``: the op evicts in place). ``sinks`` [NH]: a learned logit per head
+    that joins each softmax's denominator and nothing else (``head_sink``)."""
     kvh, d = arch.num_kv_heads, kv_head_dim(arch.head_dim)
     elem = _KV_ELEM[kv]
-    b.input("past_k", elem, ["B", kvh, "M", d])
-    b.input("past_v", elem, ["B", kvh, "M", d])
+    cap = "W" if window else "M"
+    b.input("past_k", elem, ["B", kvh, cap, d])
+    b.input("past_v", elem, ["B", kvh, cap, d])
     b.input("seqlens_k", TensorProto.INT32, ["B"])
     b.input("total_len", TensorProto.INT32, [])
-    ins = [q, k, v, "past_k", "past_v", "seqlens_k", "total_len"]
+    ins = [q, k, v, "past_k", "past_v", "seqlens_k", "total_len"] + [""] * 7
     attrs = {}
     if kv == "f16":
         ins[:3] = [b.op("Cast", t, to=TensorProto.FLOAT16) for t in ins[:3]]
+    if sinks is not None:         # in the attention's compute type
+        ins[11] = b.const(sinks.astype(np.float16 if kv == "f16" else np.float32))
     if kv == "int8":    # per-channel scales of the codes, calibrated at export (see kv_scales)
         for name in KV_SCALE_INPUTS:
             b.input(name, F, [kvh * d])
-        ins += ["", "", "", "", "", *KV_SCALE_INPUTS]
+        ins[12:14] = KV_SCALE_INPUTS
         attrs = dict(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
+    if window:   # the op's window, as transformers', counts the query itself (checked by parity)
+        attrs.update(local_window_size=window, sliding_window_cache=1)
+    while ins[-1] == "":
+        ins.pop()
     out, pk, pv = b.op("GroupQueryAttention", *ins, n_out=3, domain=MS_DOMAIN, num_heads=arch.num_heads,
                        kv_num_heads=kvh, scale=float(arch.scale), **attrs)
-    b.output(pk, "present_k", elem, ["B", kvh, "M", d])
-    b.output(pv, "present_v", elem, ["B", kvh, "M", d])
+    b.output(pk, "present_k", elem, ["B", kvh, cap, d])
+    b.output(pv, "present_v", elem, ["B", kvh, cap, d])
     return b.op("Cast", out, to=F) if kv == "f16" else out
 
 
-def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, kv: str) -> str:
+def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, kv: str,
+               window: int = 0) -> str:
     nh, kvh, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
     q = _linear(b, x, w["q"], w.get("q_bias"), dq=dq)
     k = _linear(b, x, w["k"], w.get("k_bias"), dq=dq)
@@ -168,14 +180,14 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, 
     dc = kv_head_dim(d)
     if dc == d:
         q, k = _merge_heads(b, q, nh, d), _merge_heads(b, k, kvh, d)
-        ctx = _gqa(b, q, k, v, arch, kv)                                   # [B, S, NH*D]
+        ctx = _gqa(b, q, k, v, arch, kv, window, w.get("sinks"))           # [B, S, NH*D]
     else:
         # onnxruntime's kernel takes head sizes in multiples of 8: zero dims leave q.k unchanged
         # and give zero outputs, cut off again (the scale stays 1/sqrt(D), passed explicitly)
         pad = b.const(_i64(0, 0, 0, 0, 0, 0, 0, dc - d))
         q, k, v = (_merge_heads(b, b.op("Pad", t, pad), n, dc) for t, n in
                    ((q, nh), (k, kvh), (_split_heads(b, v, kvh, d), kvh)))
-        ctx = _split_heads(b, _gqa(b, q, k, v, arch, kv), nh, dc)          # [B, S, NH, Dc]
+        ctx = _split_heads(b, _gqa(b, q, k, v, arch, kv, window, w.get("sinks")), nh, dc)  # [B,S,NH,Dc]
         ctx = b.op("Slice", ctx, b.const(_i64(0)), b.const(_i64(d)), b.const(_i64(3)))
         ctx = _merge_heads(b, ctx, nh, d)
     return _linear(b, ctx, w["o"], w.get("o_bias"), dq=dq)
@@ -200,12 +212,12 @@ def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],
     b.input("sin", F, ["B", "S", arch.rope_dim])
     rm = b.const(np.float32(arch.residual_multiplier))
     if arch.post_norm:      # h = x + norm(attn(x)); the MLP reads h itself, its output is normed
-        attn = _attention(b, "hidden", arch, w, dq, kv)
+        attn = _attention(b, "hidden", arch, w, dq, kv, arch.window(index))
         h = b.op("Add", "hidden", _norm(b, attn, arch, w["attn_out_norm"], None))
         x2 = h
     else:
         x = _norm(b, "hidden", arch, w["attn_norm"], w.get("attn_norm.bias"))
-        h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq, kv), rm))
+        h = b.op("Add", "hidden", b.op("Mul", _attention(b, x, arch, w, dq, kv, arch.window(index)), rm))
         x2 = _norm(b, h, arch, w["mlp_norm"], w.get("mlp_norm.bias"))
     if arch.is_moe_layer(index):
         b.output(x2, "moe_in", F, ["B", "S", H])

@@ -24,6 +24,7 @@ from edgemoe.exporters.dense_graphs import embed_graph, head_graph, layer_graph
 from edgemoe.exporters.families import adapter_for
 from edgemoe.exporters.weight_map import WeightMap
 from edgemoe.package import constants as C
+from edgemoe.backends.reference.backend import act_of
 from edgemoe.package.expert_graph import expert_graph
 from edgemoe.package.graph_io import KV_DTYPES
 from edgemoe.package.writer import PackageWriter
@@ -58,11 +59,19 @@ class ExportPlan:
         return sum(n for p, n in self.files if not p.endswith(C.RECORD_FILE))
 
     def kv_bytes_per_token(self, kv: str = "f16") -> int:
+        """KV bytes per token of context in the full-attention layers (sliding ones are fixed)."""
         from edgemoe.package.graph_io import kv_bytes_per_token
-        return kv_bytes_per_token(self.arch, kv)
+        a = self.arch
+        return kv_bytes_per_token(a, kv) * (a.num_layers - len(a.sliding_layers)) // a.num_layers
+
+    def kv_window_bytes(self, kv: str = "f16") -> int:
+        """KV bytes the sliding-window layers hold at most, whatever the context."""
+        from edgemoe.runtime.kv_cache import KVCache
+        full = self.kv_bytes_per_token(kv)
+        return KVCache.bytes_for(self.arch, 1 << 30, kv) - full * (1 << 30)
 
     def level_bytes(self, bits: int) -> int:
-        layout = record_layout(self.arch.expert_matrices(), self.quant)
+        layout = record_layout(self.arch.expert_matrices(), self.quant, self.arch.expert_biases())
         return len(self.arch.moe_layers) * self.arch.num_experts * layout.prefix_length(bits)
 
 
@@ -111,7 +120,7 @@ def plan_export(src, quant: QuantSpec, dense: DenseQuant | None = None,
     plan = ExportPlan(Path(src), adapter.name, arch, quant, config_only=config_only)
     plan.params = parameter_counts(ckpt, arch)
     plan.hub_id = str(given) if src != Path(given).expanduser() else None
-    layout = record_layout(arch.expert_matrices(), quant)
+    layout = record_layout(arch.expert_matrices(), quant, arch.expert_biases())
     g = adapter.global_names(arch)
     plan.files.append((C.GRAPHS_DIR + "/embed.onnx", _dense_bytes(arch, ckpt, {"e": g["embed"]}, dense.embedding)))
     for i in range(arch.num_layers):
@@ -203,7 +212,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     plan, ckpt, wmap = plan_export(src, quant, dense)
     src = plan.source                    # a hub id resolved to its cached snapshot
     arch, adapter = plan.arch, wmap.adapter
-    layout = record_layout(arch.expert_matrices(), quant)
+    layout = record_layout(arch.expert_matrices(), quant, arch.expert_biases())
     # progress units: embed, each layer's dense graph, each expert, head + manifest
     total = 2 + arch.num_layers + len(arch.moe_layers) * arch.num_experts
     done = [0]
@@ -282,14 +291,16 @@ def _write_experts(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, qua
     records = []
     try:
         for e, mats in wmap.experts(i):
-            chunks, lay = encode_record(mats, quant)
+            biases = {m: mats.pop(f"{m}.bias") for m in arch.expert_biases()}
+            chunks, lay = encode_record(mats, quant, biases)
             assert lay == layout  # same shapes, same spec: a programming error otherwise
             offset, hashes = rec.append(chunks)
             levels = []
             for bits, digest in zip(quant.ladder, hashes):
                 g = f"{d}/{C.expert_graph_name(e, bits)}"
                 w.write_onnx(g, expert_graph(layout, bits, C.RECORD_FILE, offset, arch.hidden_size,
-                                             arch.intermediate_size, name=f"L{i:03d}E{e:03d}k{bits}"),
+                                             arch.intermediate_size, name=f"L{i:03d}E{e:03d}k{bits}",
+                                             act=act_of(arch)),
                              external_data=False)
                 levels.append({C.K_BITS: bits, C.K_SHA256: digest, C.K_GRAPH: g})
             records.append({C.K_EXPERT: e, C.K_OFFSET: offset, C.K_LEVELS: levels})

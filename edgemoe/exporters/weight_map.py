@@ -75,6 +75,7 @@ class WeightMap:
         q, kv = a.num_heads * D, a.num_kv_heads * D
         Is, Id = a.shared_intermediate_size, a.dense_intermediate_size
         return {"qkv": (q + 2 * kv, H), "router_bias": (E,), "router_selection_bias": None,
+                "sinks": (a.num_heads,),
                 "attn_out_norm": (H,), "mlp_out_norm": (H,), "shared_gate_up": (2 * Is, H),
                 "shared_gate_bias": (Is,), "shared_up_bias": (Is,), "shared_down_bias": (H,),
                 "mlp_gate_bias": (Id,), "mlp_up_bias": (Id,), "mlp_down_bias": (H,),
@@ -157,16 +158,32 @@ class WeightMap:
     def layer_weights(self, i: int) -> dict[str, np.ndarray]:
         return self._read_roles(self.adapter.layer_names(self.arch, i))
 
+    def _fused_name(self, role: str, alts, required: bool = True) -> list[str] | None:
+        """The tensor(s) of a fused expert tensor: [name], or an MXFP4 pair [name_blocks,
+        name_scales] (tried after each plain alternative)."""
+        for name in alts:
+            if name in self.ckpt.tensors:
+                return [name]
+            if name + "_blocks" in self.ckpt.tensors:
+                return [name + "_blocks", self._find(f"{role} scales", (name + "_scales",))]
+        if required:
+            self._find(role, tuple(alts))        # raises, naming what was looked for
+        return None
+
     def _expert_source(self, i: int) -> tuple[str, list]:
-        """("fused", [gate_up, down]) or ("per_expert", [(gate, up, down) for each expert])."""
+        """("fused", [gate_up, down, (gate_up_bias, down_bias)]: each a list of 1 tensor name, or
+        2 for MXFP4) or ("per_expert", [(gate, up, down) for each expert])."""
         t = self.adapter.expert_names(self.arch)
         per, fused = t.get("per_expert") or {}, t.get("fused") or {}
         if fused:
-            gu = self._find("experts.gate_up", tuple(n.format(i=i) for n in _alts(fused["gate_up"])),
-                            required=not per)
+            fmt = lambda key: tuple(n.format(i=i) for n in _alts(fused[key]))  # noqa: E731
+            gu = self._fused_name("experts.gate_up", fmt("gate_up"), required=not per)
             if gu is not None:
-                down = self._find("experts.down", tuple(n.format(i=i) for n in _alts(fused["down"])))
-                return "fused", [gu, down]
+                src = [gu, self._fused_name("experts.down", fmt("down"))]
+                if self.arch.expert_bias:
+                    src += [[self._find("experts.gate_up_bias", fmt("gate_up_bias"))],
+                            [self._find("experts.down_bias", fmt("down_bias"))]]
+                return "fused", src
         names = []
         for e in range(self.arch.num_experts):
             n = tuple(per[k].format(i=i, e=e) for k in ("gate", "up", "down"))
@@ -189,8 +206,21 @@ class WeightMap:
             names.add(head)
         for i in a.moe_layers:
             _, src = self._expert_source(i)
-            names.update(src if isinstance(src[0], str) else (n for trio in src for n in trio))
+            names.update(n for group in src for n in group)
         return names
+
+    def _fused(self, names: list[str], shape: tuple[int, int, int]) -> np.ndarray:
+        """A fused expert tensor as [E, out, in] float32: MXFP4 blocks dequantized (stored
+        [E, out, in/32, 16]), or a plain tensor, transposed when the adapter's layout is
+        input-major ([E, in, out], gpt-oss's bf16)."""
+        e, n, k = shape
+        if len(names) == 2:
+            from edgemoe.exporters.mxfp4 import dequantize_mxfp4
+            blocks = self._read(names[0], (e, n, k // 32, 16))
+            return dequantize_mxfp4(blocks, self._read(names[1], (e, n, k // 32)))
+        if self.adapter.fused_input_major:
+            return self._read(names[0], (e, k, n)).transpose(0, 2, 1)
+        return self._read(names[0], shape)
 
     def experts(self, i: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Yield (e, {"gate_up": [2I, H], "down": [H, I]}) for every expert of MoE layer i."""
@@ -198,13 +228,24 @@ class WeightMap:
         H, I, E = a.hidden_size, a.intermediate_size, a.num_experts
         kind, src = self._expert_source(i)
         if kind == "fused":
-            gu, down = self._read(src[0], (E, 2 * I, H)), self._read(src[1], (E, H, I))
+            gu, down = self._fused(src[0], (E, 2 * I, H)), self._fused(src[1], (E, H, I))
+            biases = ({"gate_up.bias": self._read(src[2][0], (E, 2 * I)),
+                       "down.bias": self._read(src[3][0], (E, H))} if a.expert_bias else {})
             for e in range(E):
-                yield e, {"gate_up": gu[e], "down": down[e]}
+                mats = {"gate_up": gu[e], "down": down[e], **{k: b[e] for k, b in biases.items()}}
+                yield e, self._gate_first(mats)
             return
         for e, (gate, up, down) in enumerate(src):
             yield e, {"gate_up": np.concatenate([self._read(gate, (I, H)), self._read(up, (I, H))]),
                       "down": self._read(down, (H, I))}
+
+    def _gate_first(self, mats: dict) -> dict:
+        """gate_up rows (and bias) as [gate; up]: gpt-oss interleaves them (gate even, up odd)."""
+        if not self.adapter.gate_up_interleaved:
+            return mats
+        order = np.concatenate([np.arange(0, 2 * self.arch.intermediate_size, 2),
+                                np.arange(1, 2 * self.arch.intermediate_size, 2)])
+        return {k: (v[order] if k.startswith("gate_up") else v) for k, v in mats.items()}
 
     def leftovers(self, used: set[str] | None = None) -> list[str]:
         used = self.used if used is None else used

@@ -1,9 +1,13 @@
 """Every name of the package format lives here; nothing else spells a manifest key."""
 
 FORMAT_NAME = "edgemoe"
-FORMAT_VERSION = "2.1"          # major.minor; readers refuse another major
+FORMAT_VERSION = "2.2"          # major.minor; readers refuse another major
 # 2.0: layer graphs attend over an in-place KV cache (GroupQueryAttention), one graph per KV type
 # 2.1: optional tokenizer.chat_template (file) and tokenizer.special_tokens (older 2.x readers ignore them)
+# 2.2: arch.router (RouterSpec) replaces routing / norm_topk_prob / router_jitter_noise / routed_scaling
+#      (2.0 and 2.1 manifests are read as settings of it); new arch keys (rope_scaling, post_norm,
+#      sliding windows, sinks, expert_act, expert_bias, ...); records may hold bias vectors; layer
+#      graphs may hold router_selection_bias / moe_out_norm. 2.0/2.1 readers refuse 2.2 arch keys.
 MANIFEST = "manifest.yaml"
 PARTIAL_SUFFIX = ".partial"     # staging folder while an export is being written
 

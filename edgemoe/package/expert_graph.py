@@ -12,7 +12,8 @@ Math (matryoshka level k with planes 1..p, see ``edgemoe.quant``): per group of 
 with z_1 = 2^(w_1 - 1) and z_j = 0 after, so that sum_j 2^(k - level_j) z_j = 2^(k-1).
 
 and no full-precision weight is ever materialised. The expert is SwiGLU:
-``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H] matrix (rows 0:I gate).
+``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H] matrix (rows 0:I gate), or
+gpt-oss's clamped form with biases (``backends.reference.glu``): the biases are record tensors too.
 """
 from __future__ import annotations
 
@@ -76,22 +77,49 @@ def offset_term(b: GraphBuilder, x: str, k: int, gs: int, offset: str) -> str:
     return b.op("Gemm", xg, offset, transB=1)
 
 
-def swiglu_graph(name: str, hidden: int, intermediate: int, linear) -> onnx.ModelProto:
+def swiglu_graph(name: str, hidden: int, intermediate: int, linear, act=("silu", 1.702, 7.0),
+                 bias=None) -> onnx.ModelProto:
     """The SwiGLU expert ``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H]
-    matrix (rows 0:I gate); ``linear(b, x, matrix) -> value`` builds each matrix's product."""
+    matrix (rows 0:I gate); ``linear(b, x, matrix) -> value`` builds each matrix's product,
+    ``bias(b, matrix) -> value`` (optional) its bias. ``act`` ("clamped", alpha, limit): gpt-oss's
+    ``(clip(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with ``g = min(gate, limit)``."""
     b = GraphBuilder(name)
     b.input(X, TensorProto.FLOAT, ["T", hidden])
-    gu = linear(b, X, "gate_up")                                                   # [T, 2I]
+
+    def lin(x, m):
+        y = linear(b, x, m)
+        return y if bias is None else b.op("Add", y, bias(b, m))
+    gu = lin(X, "gate_up")                                                         # [T, 2I]
     gate, up = b.op("Split", gu, b.const(np.array([intermediate, intermediate], dtype=np.int64)),
                     axis=1, n_out=2)
-    act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)              # [T, I]
-    y = linear(b, act, "down")                                                   # [T, H]
+    kind, alpha, limit = act
+    if kind == "silu":
+        h = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)             # [T, I]
+    else:
+        lim = b.const(np.float32(limit))
+        gate = b.op("Min", gate, lim)
+        up = b.op("Clip", up, b.const(np.float32(-limit)), lim)
+        glu = b.op("Mul", gate, b.op("Sigmoid", b.op("Mul", gate, b.const(np.float32(alpha)))))
+        h = b.op("Mul", b.op("Add", up, b.const(np.float32(1))), glu)
+    y = lin(h, "down")                                                             # [T, H]
     b.output(y, Y, TensorProto.FLOAT, ["T", hidden])
     return b.model()
 
 
+def bias_input(layout: RecordLayout, location: str, base: int):
+    """``swiglu_graph``'s ``bias`` over the record's bias slots (None without biases)."""
+    if not layout.biases:
+        return None
+
+    def bias(b: GraphBuilder, m: str) -> str:
+        t = layout.bias_slot(m)
+        return b.external(t.name, t.dtype, t.shape, location, base + t.offset, t.nbytes)
+    return bias
+
+
 def expert_graph(layout: RecordLayout, bits: int, location: str, base: int,
-                 hidden: int, intermediate: int, name: str = "expert") -> onnx.ModelProto:
+                 hidden: int, intermediate: int, name: str = "expert",
+                 act=("silu", 1.702, 7.0)) -> onnx.ModelProto:
     """Build the SwiGLU expert graph at level ``bits`` over the record at byte ``base`` of ``location``.
 
     Parameters
@@ -100,6 +128,8 @@ def expert_graph(layout: RecordLayout, bits: int, location: str, base: int,
     bits : a level of ``layout.spec.ladder``
     location : record file name, relative to the graph file's folder
     base : byte offset of this expert's record in that file
+    act : the activation (``backends.reference.act_of(arch)``)
     """
     return swiglu_graph(name, hidden, intermediate,
-                        lambda b, x, m: _linear(b, x, m, layout, bits, location, base))
+                        lambda b, x, m: _linear(b, x, m, layout, bits, location, base), act,
+                        bias_input(layout, location, base))

@@ -102,7 +102,7 @@ class Package:
             self.dense = DenseQuant.from_dict(m.get(C.K_DENSE))
         except ConfigError as e:
             raise PackageError(f"{self.root}: {e}") from None
-        self.layout: RecordLayout = record_layout(self.arch.expert_matrices(), self.quant)
+        self.layout: RecordLayout = record_layout(self.arch.expert_matrices(), self.quant, self.arch.expert_biases())
         self.files: dict[str, dict] = {_safe_rel(self.root, k): v for k, v in m[C.K_FILES].items()}
         self._check_files()
         g = m[C.K_GRAPHS]

@@ -7,6 +7,8 @@ Byte layout (offsets from the record start; all little-endian)::
               for each matrix: offset b_k [N, G]     (scale_dtype)   name "<m>.offset.k<bits>"
               for each matrix: plane p [N, G, gs*width/8] (uint8)   name "<m>.plane.p<p>"
     every tensor starts at a 64-byte aligned offset; gaps are zero.
+    experts with biases (gpt-oss) also hold, at the start of chunk 1, each such matrix's bias
+    [N] float32 (name "<m>.bias"): every level reads it, exactly.
 
 Reading the prefix ``[0, prefix_length(bits))`` gives everything level ``bits`` needs; upgrading
 reads only the next chunk. Scheme ``float32`` has one chunk (bits 32) of ``"<m>.weight" [N, K]`` float32.
@@ -27,7 +29,7 @@ from edgemoe.quant.spec import QuantSpec
 
 TENSOR_ALIGN = 64
 PAGE_SIZE = 4096
-ROLES = ("scale", "offset", "plane", "weight")
+ROLES = ("scale", "offset", "plane", "weight", "bias")
 
 
 def _align(n: int, a: int) -> int:
@@ -66,6 +68,7 @@ class RecordLayout:
     spec: QuantSpec
     matrices: tuple[tuple[str, int, int], ...]  # (name, N, K) in record order
     chunks: tuple[ChunkLayout, ...]
+    biases: tuple[str, ...] = ()                 # matrices with a bias vector (in chunk 1)
 
     @property
     def length(self) -> int:
@@ -85,6 +88,10 @@ class RecordLayout:
         """Bytes an expert held at level ``bits`` occupies (its prefix)."""
         return self.prefix_length(bits)
 
+    def bias_slot(self, matrix: str) -> TensorSlot | None:
+        """The bias [N] float32 of ``matrix`` (in chunk 1, read by every level), or None."""
+        return next((t for t in self.chunks[0].tensors if t.matrix == matrix and t.role == "bias"), None)
+
     def slot(self, matrix: str, role: str, bits: int) -> TensorSlot:
         """Scale, offset or plane of level ``bits`` of ``matrix`` (or its ``"weight"`` for float32)."""
         for t in self.chunk_for(bits).tensors:
@@ -95,7 +102,8 @@ class RecordLayout:
         raise ConfigError(f"no tensor ({matrix!r}, {role!r}); matrices: {names}, roles: {roles}")
 
 
-def record_layout(matrices: Mapping[str, tuple[int, int]], spec: QuantSpec) -> RecordLayout:
+def record_layout(matrices: Mapping[str, tuple[int, int]], spec: QuantSpec,
+                  biases: tuple[str, ...] = ()) -> RecordLayout:
     """Compute the byte layout of an expert record from matrix shapes alone.
 
     Parameters
@@ -103,6 +111,7 @@ def record_layout(matrices: Mapping[str, tuple[int, int]], spec: QuantSpec) -> R
     matrices : mapping of str to (N, K)
         The expert's matrices in record order, e.g. ``{"gate_up": (2*I, H), "down": (H, I)}``.
     spec : QuantSpec
+    biases : names of the matrices that carry a bias vector [N] (float32, in chunk 1)
 
     Returns
     -------
@@ -117,11 +126,16 @@ def record_layout(matrices: Mapping[str, tuple[int, int]], spec: QuantSpec) -> R
         mats.append((name, int(shape[0]), int(shape[1])))
     if not mats:
         raise ConfigError("an expert record needs at least one matrix")
+    unknown = [b for b in biases if b not in {m for m, _, _ in mats}]
+    if unknown:
+        raise ConfigError(f"biases {unknown} name no matrix of the record")
     gs = spec.group_size
     sdt = np.dtype(spec.scale_dtype)
     chunks, start = [], 0
     for p, (bits, width) in enumerate(zip(spec.ladder, spec.plane_widths), start=1):
         entries = []  # (name, matrix, role, dtype, shape)
+        if p == 1:
+            entries += [(f"{m}.bias", m, "bias", np.dtype(np.float32), (n,)) for m, n, _ in mats if m in biases]
         if spec.scheme == "float32":
             entries += [(f"{m}.weight", m, "weight", np.dtype(np.float32), (n, k)) for m, n, k in mats]
         else:
@@ -141,10 +155,11 @@ def record_layout(matrices: Mapping[str, tuple[int, int]], spec: QuantSpec) -> R
         end = _align(cur, PAGE_SIZE)
         chunks.append(ChunkLayout(p, bits, width, start, end - start, tuple(slots)))
         start = end
-    return RecordLayout(spec=spec, matrices=tuple(mats), chunks=tuple(chunks))
+    return RecordLayout(spec=spec, matrices=tuple(mats), chunks=tuple(chunks), biases=tuple(biases))
 
 
-def encode_record(weights: Mapping[str, np.ndarray], spec: QuantSpec) -> tuple[list[bytes], RecordLayout]:
+def encode_record(weights: Mapping[str, np.ndarray], spec: QuantSpec,
+                  biases: Mapping[str, np.ndarray] | None = None) -> tuple[list[bytes], RecordLayout]:
     """Quantize and serialise one expert.
 
     Parameters
@@ -152,6 +167,7 @@ def encode_record(weights: Mapping[str, np.ndarray], spec: QuantSpec) -> tuple[l
     weights : mapping of str to ndarray [N, K]
         The expert's matrices in record order.
     spec : QuantSpec
+    biases : mapping of matrix name to its bias [N] (stored float32, exactly)
 
     Returns
     -------
@@ -159,8 +175,12 @@ def encode_record(weights: Mapping[str, np.ndarray], spec: QuantSpec) -> tuple[l
         One bytes object per chunk (each ``layout.chunks[i].length`` long); concatenated they are the record.
     layout : RecordLayout
     """
-    layout = record_layout({m: np.shape(w) for m, w in weights.items()}, spec)
+    biases = dict(biases or {})
+    layout = record_layout({m: np.shape(w) for m, w in weights.items()}, spec, tuple(biases))
     arrays = {}  # (matrix, role, bits) -> array to store
+    first = spec.ladder[0]
+    for m, b in biases.items():
+        arrays[(m, "bias", first)] = np.asarray(b, dtype=np.float32)
     for m, w in weights.items():
         if spec.scheme == "float32":
             arrays[(m, "weight", 32)] = np.asarray(w, dtype=np.float32)
@@ -249,11 +269,14 @@ def decode_record(buf, layout: RecordLayout, bits: int) -> dict[str, np.ndarray]
     Returns
     -------
     dict of str to ndarray of float32 [N, K]
-        Bit-identical to ``dequantize(quantize(w, spec), bits)``.
+        Bit-identical to ``dequantize(quantize(w, spec), bits)``; plus ``"<m>.bias"`` [N] for the
+        matrices with a bias.
     """
     views = record_views(buf, layout, bits)
     spec = layout.spec
     out = {}
+    for m in layout.biases:
+        out[f"{m}.bias"] = np.array(views[(m, "bias", spec.ladder[0])], dtype=np.float32)
     for m, n, k in layout.matrices:
         if spec.scheme == "float32":
             out[m] = np.array(views[(m, "weight", 32)], dtype=np.float32)

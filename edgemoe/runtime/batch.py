@@ -91,6 +91,8 @@ class Batch:
         if best is not None:
             del self.idle[best]
             reused = min(best_n, len(ids) - 1)       # the last prompt token is fed for its logits
+            if not self.rt.kv.can_truncate(best, reused):
+                reused = 0           # a windowed layer already evicted what the shorter prefix needs
             self.rt.kv.lengths[best] = reused
             return best, reused
         if self.rt.kv.used >= self.rt.kv.slots and self.idle:

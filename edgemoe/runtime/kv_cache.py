@@ -6,6 +6,10 @@ Element types: float16 (the default: half of float32's bytes), float32 (exact: t
 int8 (per-channel scales fixed per layer, calibrated at export). Slots in use are kept packed at the
 low end (``release`` moves the last one into the gap), so the sequences that decode together are one
 contiguous run of slots and one graph call per layer serves them all.
+
+A sliding-window layer (gpt-oss) holds only its window: its buffers have ``window_capacity`` rows
+whatever the context, and GroupQueryAttention's windowed cache (``sliding_window_cache``) keeps the
+most recent positions at rows [0, L) and evicts ``WINDOW_SLACK + 1`` of them at once when full.
 """
 from __future__ import annotations
 
@@ -17,6 +21,21 @@ from edgemoe.errors import BudgetError, ConfigError
 from edgemoe.package.graph_io import KV_DTYPES, KV_NUMPY, kv_bytes_per_token, kv_head_dim
 
 GROW_FROM = 256          # tokens a growable cache starts with; it doubles when a sequence needs more
+WINDOW_SLACK = 32        # rows a windowed layer holds beyond its window: eviction every 33 tokens
+
+
+def window_capacity(window: int) -> int:
+    """Rows of a sliding layer's KV buffers (GroupQueryAttention needs at least the window)."""
+    return int(window) + WINDOW_SLACK
+
+
+def window_rows(tokens: int, capacity: int, window: int) -> int:
+    """Rows [0, L) a windowed cache of ``capacity`` holds after ``tokens`` positions (onnxruntime's
+    contract: L = T up to the capacity, then T - G * ceil((T - C) / G) with G = C - W + 1)."""
+    if tokens <= capacity:
+        return int(tokens)
+    g = capacity - window + 1
+    return int(tokens - g * -(-(tokens - capacity) // g))
 
 
 def check_kv_dtype(kv_dtype: str) -> str:
@@ -42,12 +61,26 @@ class KVCache:
         self.used = 0                                          # slots 0..used-1 belong to sequences
         self._alloc(int(capacity))
 
-    def _alloc(self, capacity: int):
+    def layer_capacity(self, layer: int, capacity: int | None = None) -> int:
+        """Rows of ``layer``'s buffers: the cache's capacity, or a sliding layer's window's."""
+        w = self.arch.window(layer)
+        return window_capacity(w) if w else int(self.capacity if capacity is None else capacity)
+
+    def held_rows(self, layer: int, tokens: int) -> int:
+        """Rows of ``layer``'s buffers that hold a sequence of ``tokens`` positions."""
+        w = self.arch.window(layer)
+        return window_rows(tokens, window_capacity(w), w) if w else int(tokens)
+
+    def _alloc(self, capacity: int, keep_windowed: bool = False):
         a = self.arch
-        shape = (self.slots, a.num_kv_heads, capacity, kv_head_dim(a.head_dim))
+        d = kv_head_dim(a.head_dim)
+        shape = lambda i: (self.slots, a.num_kv_heads, self.layer_capacity(i, capacity), d)  # noqa: E731
+        old = (self.k, self.v) if keep_windowed else None
         # np.zeros maps untouched pages: memory becomes resident as positions fill
-        self.k = [np.zeros(shape, self.dtype) for _ in range(a.num_layers)]
-        self.v = [np.zeros(shape, self.dtype) for _ in range(a.num_layers)]
+        self.k = [old[0][i] if old and a.window(i) else np.zeros(shape(i), self.dtype)
+                  for i in range(a.num_layers)]
+        self.v = [old[1][i] if old and a.window(i) else np.zeros(shape(i), self.dtype)
+                  for i in range(a.num_layers)]
         self.capacity = capacity
         self._views: dict = {}
 
@@ -71,8 +104,10 @@ class KVCache:
         moved = None
         if slot != last:
             n = int(self.lengths[last])
-            for buf in (*self.k, *self.v):
-                buf[slot, :, :n] = buf[last, :, :n]
+            for i in range(self.arch.num_layers):
+                rows = self.held_rows(i, n)
+                for buf in (self.k[i], self.v[i]):
+                    buf[slot, :, :rows] = buf[last, :, :rows]
             self.lengths[slot] = n
             moved = last
         self.lengths[last] = 0
@@ -98,9 +133,18 @@ class KVCache:
             cap *= 2
         cap = min(cap, self.max_capacity)
         old_k, old_v, n = self.k, self.v, int(self.lengths.max())
-        self._alloc(cap)
+        self._alloc(cap, keep_windowed=True)      # windowed layers keep their buffers
         for new, old in zip((*self.k, *self.v), (*old_k, *old_v)):
-            new[:, :, :n] = old[:, :, :n]
+            if new is not old:
+                new[:, :, :n] = old[:, :, :n]
+
+    def can_truncate(self, slot: int, tokens: int) -> bool:
+        """Whether ``slot`` can be cut back to its first ``tokens`` positions in place: always for
+        full layers; a windowed layer only while it still holds what the shorter prefix would
+        (L(T - k) == L(T) - k, onnxruntime's rollback rule)."""
+        n = int(self.lengths[slot])
+        return all(self.held_rows(i, tokens) == self.held_rows(i, n) - (n - tokens)
+                   for i in self.arch.sliding_layers)
 
     def advance(self, slot: int, new_tokens: int):
         self.lengths[slot] += new_tokens
@@ -126,5 +170,9 @@ class KVCache:
 
     @staticmethod
     def bytes_for(arch: MoEArch, tokens: int, kv_dtype: str = "f16", slots: int = 1) -> int:
-        """Bytes a full cache of ``tokens`` positions in each of ``slots`` sequences takes."""
-        return KVCache.bytes_per_token(arch, kv_dtype) * tokens * slots
+        """Bytes a full cache of ``tokens`` positions in each of ``slots`` sequences takes (a
+        sliding layer's at most its window's rows)."""
+        per_layer = kv_bytes_per_token(arch, check_kv_dtype(kv_dtype)) // arch.num_layers
+        rows = sum(min(tokens, window_capacity(arch.window(i))) if arch.window(i) else tokens
+                   for i in range(arch.num_layers))
+        return per_layer * rows * slots

@@ -17,7 +17,7 @@ FLAGSHIPS = Path(__file__).resolve().parents[2] / "benchmarks" / "flagship_confi
 # embedding and LM head as active, as the cards of ERNIE and Qwen do
 PUBLISHED = {"baidu--ERNIE-4.5-21B-A3B-PT": (21.8, 3.0), "zai-org--GLM-4.5-Air": (106.0, 12.0),
              "tencent--Hunyuan-A13B-Instruct": (80.0, 13.0), "Qwen--Qwen3-30B-A3B": (30.5, 3.3),
-             "MiniMaxAI--MiniMax-M2": (230.0, 10.0)}
+             "MiniMaxAI--MiniMax-M2": (230.0, 10.0), "openai--gpt-oss-20b": (21.0, 3.6)}
 
 
 def _cache(tmp_path, monkeypatch, repo: str, files: dict[str, Path]) -> Path:
@@ -55,6 +55,9 @@ def test_dry_run_on_a_config_only_flagship_sizes_each_level(name):
     text = CliRunner().invoke(main, ["export", str(FLAGSHIPS / name), "-o", "/nonexistent/out", "--dry-run"])
     assert "fixed part" in text.output and "resident at level 4" in text.output
     assert "no weights here" in text.output
+    if name == "openai--gpt-oss-20b":      # 12 of 24 layers slide over 128 tokens: a fixed cache
+        assert s["kv_window_bytes"]["f16"] > 0 and "sliding-window layers" in text.output
+        assert s["kv_bytes_per_token"]["f16"] == 12 * 2 * 8 * 64 * 2
 
 
 def test_a_real_export_of_a_config_only_folder_is_refused(tmp_path):

@@ -2,6 +2,8 @@
 run shows exactly the numbers the board would compute; ``prepare`` writes the HLS project."""
 from __future__ import annotations
 
+from edgemoe.backends.base import require_plain_swiglu
+
 from pathlib import Path
 
 from edgemoe.backends.hls.int_path import expert_int
@@ -23,9 +25,11 @@ class HlsBackend:
         """Write the HLS project (kernel, testbench, Vitis script, test vectors) for ``device``."""
         from edgemoe.backends.hls.project import write_project
 
+        require_plain_swiglu("hls", pkg.arch)
         return write_project(pkg, out or pkg.root / "kernels" / device / "hls", device, part=part)
 
     def load(self, pkg, layer, expert, bits, buf):
+        require_plain_swiglu("hls", pkg.arch)
         return pkg.layout, record_views(buf, pkg.layout, bits), bits
 
     def run(self, handle, x):

@@ -23,6 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from edgemoe.backends.ort.fused import fused_arrays, fused_graph
+from edgemoe.backends.reference.backend import act_of
 from edgemoe.package.expert_graph import X, Y
 from edgemoe.quant.record import RecordLayout, slot_array
 
@@ -89,7 +90,8 @@ class OrtBackend:
         if self.fuse and pkg.quant.scheme == "matryoshka" and pkg.quant.level_index(bits) > 0:
             shapes = {m: (n, k) for m, n, k in layout.matrices}       # gate_up [2I, H], down [H, I]
             hidden, inter = shapes["down"]
-            model = self._model(("fused", bits), lambda: fused_graph(layout, bits, hidden, inter))
+            model = self._model(("fused", bits), lambda: fused_graph(layout, bits, hidden, inter,
+                                                                     act_of(pkg.arch)))
             arrays = fused_arrays(buf, layout, bits)
         else:
             rel = pkg.experts[(layer, expert)].level(bits).graph

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgemoe.package.expert_graph import ACCURACY_LEVEL, offset_term, swiglu_graph
+from edgemoe.package.expert_graph import ACCURACY_LEVEL, bias_input, offset_term, swiglu_graph
 from edgemoe.package.onnx_util import MS_DOMAIN
 from edgemoe.quant.planes import join_planes, pack_plane, unpack_plane
 from edgemoe.quant.record import RecordLayout, slot_array
@@ -45,10 +45,14 @@ def fused_arrays(buf, layout: RecordLayout, bits: int) -> dict[str, np.ndarray]:
         zp = 1 << (bits - 1)
         zp_byte = sum(zp << (bits * j) for j in range(8 // bits)) & 0xFF
         out[f"{m}.zp"] = np.full((n, -(-groups * bits // 8)), zp_byte, dtype=np.uint8)
+    for m in layout.biases:
+        t = layout.bias_slot(m)
+        out[t.name] = slot_array(buf, layout, t)
     return out
 
 
-def fused_graph(layout: RecordLayout, bits: int, hidden: int, intermediate: int) -> onnx.ModelProto:
+def fused_graph(layout: RecordLayout, bits: int, hidden: int, intermediate: int,
+                act=("silu", 1.702, 7.0)) -> onnx.ModelProto:
     """The SwiGLU expert at level ``bits`` with one ``MatMulNBits`` per matrix; its initializers
     (``fused_arrays``' names) are external, to be bound with ``add_external_initializers``."""
     gs = layout.spec.group_size
@@ -65,4 +69,5 @@ def fused_graph(layout: RecordLayout, bits: int, hidden: int, intermediate: int)
                  ext("zp", "uint8", [n, -(-groups * bits // 8)]), domain=MS_DOMAIN,
                  K=k, N=n, bits=bits, block_size=gs, accuracy_level=ACCURACY_LEVEL)
         return b.op("Add", y, offset_term(b, x, k, gs, ext("offset", "float32", [n, groups])))
-    return swiglu_graph("expert_fused", hidden, intermediate, linear)
+    return swiglu_graph("expert_fused", hidden, intermediate, linear, act,
+                        bias_input(layout, "fused", 0))

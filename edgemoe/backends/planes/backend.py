@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgemoe.backends.reference.backend import act_of, glu
 from edgemoe.quant.record import RecordLayout, slot_array
 
 # _lut(w, shift)[byte] -> the codes in that byte, LSB-first, already shifted: [256, 8 // w] uint8
@@ -87,6 +88,9 @@ class PlanesBackend:
             b = slot_array(buf, layout, layout.slot(name, "offset", bits))
             shifts = [bits - spec.ladder[p] for p in range(idx + 1)]
             mats[name] = ("q", planes, spec.plane_widths[: idx + 1], shifts, a, b, n, k, bits)
+        for name in layout.biases:       # [N] float32, views into the record's first chunk
+            mats[f"{name}.bias"] = slot_array(buf, layout, layout.bias_slot(name))
+        mats["act"] = act_of(pkg.arch)
         return mats
 
     def _weight(self, m) -> np.ndarray:
@@ -106,7 +110,9 @@ class PlanesBackend:
     def run(self, handle, x):
         x = np.ascontiguousarray(x, dtype=np.float32)
         gu = x @ self._weight(handle["gate_up"]).T          # [T, 2I] (before the buffer is reused)
-        i = gu.shape[1] // 2
-        g, u = gu[:, :i], gu[:, i:]
-        h = (g / (1 + np.exp(-g))) * u
-        return h @ self._weight(handle["down"]).T           # [T, H]
+        if "gate_up.bias" in handle:
+            gu += handle["gate_up.bias"]
+        y = glu(gu, *handle["act"]) @ self._weight(handle["down"]).T     # [T, H]
+        if "down.bias" in handle:
+            y += handle["down.bias"]
+        return y

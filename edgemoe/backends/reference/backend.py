@@ -1,4 +1,7 @@
-"""numpy reference expert: dequantize the record prefix (``edgemoe.quant``) and run SwiGLU in fp32."""
+"""numpy reference expert: dequantize the record prefix (``edgemoe.quant``) and run the expert MLP
+in fp32. The MLP is SwiGLU ``down(silu(gate x) * up x)``, or with ``arch.expert_act == "clamped"``
+gpt-oss's: gate <= limit, -limit <= up <= limit, ``(up + 1) * gate * sigmoid(alpha * gate)``;
+biases (``arch.expert_bias``) are added after each matrix."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +9,30 @@ import numpy as np
 from edgemoe.quant.record import decode_record
 
 
-def swiglu(x: np.ndarray, gate_up: np.ndarray, down: np.ndarray) -> np.ndarray:
-    """x [T, H], gate_up [2I, H] (rows 0:I gate), down [H, I] -> [T, H]."""
-    gu = x @ gate_up.T
-    i = gate_up.shape[0] // 2
+def glu(gu: np.ndarray, act: str = "silu", alpha: float = 1.702, limit: float = 7.0) -> np.ndarray:
+    """gu [T, 2I] (columns 0:I gate, biases added) -> the gated activation [T, I]."""
+    i = gu.shape[1] // 2
     g, u = gu[:, :i], gu[:, i:]
-    return ((g / (1 + np.exp(-g))) * u) @ down.T
+    if act == "silu":
+        return (g / (1 + np.exp(-g))) * u
+    g = np.minimum(g, np.float32(limit))
+    u = np.clip(u, np.float32(-limit), np.float32(limit))
+    return (u + np.float32(1)) * (g / (1 + np.exp(-np.float32(alpha) * g)))
+
+
+def act_of(arch) -> tuple[str, float, float]:
+    """The expert activation settings of a MoEArch, as :func:`glu` takes them."""
+    return arch.expert_act, arch.swiglu_alpha, arch.swiglu_limit
+
+
+def swiglu(x: np.ndarray, gate_up: np.ndarray, down: np.ndarray, act=("silu", 1.702, 7.0),
+           gate_up_bias: np.ndarray | None = None, down_bias: np.ndarray | None = None) -> np.ndarray:
+    """x [T, H], gate_up [2I, H] (rows 0:I gate), down [H, I] (+ biases [2I], [H]) -> [T, H]."""
+    gu = x @ gate_up.T
+    if gate_up_bias is not None:
+        gu = gu + gate_up_bias
+    y = glu(gu, *act) @ down.T
+    return y if down_bias is None else y + down_bias
 
 
 class ReferenceBackend:
@@ -25,7 +46,7 @@ class ReferenceBackend:
 
     def load(self, pkg, layer, expert, bits, buf):
         w = decode_record(buf, pkg.layout, bits)
-        return w["gate_up"], w["down"]
+        return (w["gate_up"], w["down"], act_of(pkg.arch), w.get("gate_up.bias"), w.get("down.bias"))
 
     def run(self, handle, x):
         return swiglu(x.astype(np.float32), *handle).astype(np.float32)

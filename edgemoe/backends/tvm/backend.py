@@ -9,6 +9,8 @@ run in chunks of the largest.
 """
 from __future__ import annotations
 
+from edgemoe.backends.base import require_plain_swiglu
+
 import hashlib
 import os
 from dataclasses import dataclass
@@ -176,6 +178,7 @@ class TvmBackend:
         """Load (once) the kernels of ``pkg`` for ``device``; raises KernelsMissingError naming the
         build command if they are missing, stale, or built for another machine. CPU kernels load
         with TVM's runtime library alone (``runtime_lib``: ~20 MiB, not the compiler's ~160)."""
+        require_plain_swiglu("tvm", pkg.arch)
         if not hasattr(pkg, "root"):
             from edgemoe.package.reader import Package
             pkg = Package(pkg)
@@ -223,6 +226,7 @@ class TvmBackend:
 
     def load(self, pkg, layer, expert, bits, buf):
         """Bind the kernels of level ``bits`` to zero-copy views of the record prefix ``buf``."""
+        require_plain_swiglu("tvm", pkg.arch)
         return self.bind(self.prepare(pkg), pkg.layout, bits, buf)
 
     def bind(self, ks: KernelSet, layout: RecordLayout, bits: int, buf) -> dict:

@@ -7,6 +7,7 @@ from edgemoe.exporters.families.dots1 import Dots1Adapter
 from edgemoe.exporters.families.ernie4_5_moe import Ernie45MoeAdapter
 from edgemoe.exporters.families.flex_olmo import FlexOlmoAdapter
 from edgemoe.exporters.families.glm4_moe import Glm4MoeAdapter
+from edgemoe.exporters.families.gpt_oss import GptOssAdapter
 from edgemoe.exporters.families.granitemoe import GraniteMoeAdapter
 from edgemoe.exporters.families.granitemoeshared import GraniteMoeSharedAdapter
 from edgemoe.exporters.families.hunyuan_v1_moe import HunyuanV1MoeAdapter
@@ -21,7 +22,7 @@ from edgemoe.exporters.families.sarvam_moe import SarvamMoeAdapter
 ADAPTERS: tuple[FamilyAdapter, ...] = (
     MixtralAdapter(), Qwen2MoeAdapter(), Qwen3MoeAdapter(), OlmoeAdapter(), PhimoeAdapter(),
     GraniteMoeAdapter(), GraniteMoeSharedAdapter(), Glm4MoeAdapter(), SarvamMoeAdapter(), Dots1Adapter(),
-    Ernie45MoeAdapter(), HunyuanV1MoeAdapter(), MinimaxM2Adapter(), FlexOlmoAdapter())
+    Ernie45MoeAdapter(), HunyuanV1MoeAdapter(), MinimaxM2Adapter(), FlexOlmoAdapter(), GptOssAdapter())
 
 
 def supported_model_types() -> list[str]:

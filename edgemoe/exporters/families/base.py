@@ -159,6 +159,11 @@ class FamilyAdapter:
     ignorable: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # GPT-J RoPE (pairs (2j, 2j+1) rotate): q/k rows are permuted at export to half-split order
     interleaved_rope = False
+    # fused expert tensors stored input-major ([E, H, 2I], [E, I, H]: gpt-oss, Llama-4) instead
+    # of as torch Linear weights ([E, 2I, H], [E, H, I]); MXFP4 blocks are out-major either way
+    fused_input_major = False
+    # gate_up rows interleaved (gate 2j, up 2j+1: gpt-oss) instead of [gate; up]
+    gate_up_interleaved = False
 
     def arch(self, cfg: dict) -> MoEArch:
         raise NotImplementedError

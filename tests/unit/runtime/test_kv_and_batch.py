@@ -27,7 +27,9 @@ PROMPTS = [list(range(3, 20)), [5, 9, 2], list(range(40, 47)), [77], list(range(
 @pytest.fixture(scope="module")
 def pkgs(tmp_path_factory):
     d = tmp_path_factory.mktemp("kvbatch")
-    tiny_models.build("qwen2_moe", d / "hf", num_hidden_layers=3)
+    # seed 1: at seed 0 (with its q/k/v biases random) one router of the int8-dense package sits
+    # within float rounding of a tie, so batched and alone runs pick different experts there
+    tiny_models.build("qwen2_moe", d / "hf", num_hidden_layers=3, seed=1)
     return export(d / "hf", d / "f32.edgemoe", QuantSpec.float32()), export(d / "hf", d / "q.edgemoe")
 
 
