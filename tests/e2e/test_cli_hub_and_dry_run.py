@@ -13,11 +13,14 @@ from edgemoe.cli import main
 from edgemoe.exporters.families import supported_model_types
 
 FLAGSHIPS = Path(__file__).resolve().parents[2] / "benchmarks" / "flagship_configs"
-# published total / active parameters (billions) of each flagship's model card; the plan counts the
-# embedding and LM head as active, as the cards of ERNIE and Qwen do
+# total / active parameters (billions) from each flagship's model card (Sarvam and FlexOlmo: the
+# counts of their configs in ../shared/research/FAMILIES.md, whose cards round them); the plan
+# counts the embedding and LM head as active, as the cards of ERNIE and Qwen do
 PUBLISHED = {"baidu--ERNIE-4.5-21B-A3B-PT": (21.8, 3.0), "zai-org--GLM-4.5-Air": (106.0, 12.0),
              "tencent--Hunyuan-A13B-Instruct": (80.0, 13.0), "Qwen--Qwen3-30B-A3B": (30.5, 3.3),
-             "MiniMaxAI--MiniMax-M2": (230.0, 10.0), "openai--gpt-oss-20b": (21.0, 3.6)}
+             "MiniMaxAI--MiniMax-M2": (230.0, 10.0), "openai--gpt-oss-20b": (21.0, 3.6),
+             "rednote-hilab--dots.llm1.inst": (142.0, 14.0), "sarvamai--sarvam-30b": (32.0, 4.5),
+             "allenai--FlexOlmo-7x7B-1T": (33.3, 24.6)}
 
 
 def _cache(tmp_path, monkeypatch, repo: str, files: dict[str, Path]) -> Path:
