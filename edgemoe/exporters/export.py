@@ -61,8 +61,7 @@ class ExportPlan:
     def kv_bytes_per_token(self, kv: str = "f16") -> int:
         """KV bytes per token of context in the full-attention layers (sliding ones are fixed)."""
         from edgemoe.package.graph_io import kv_bytes_per_token
-        a = self.arch
-        return kv_bytes_per_token(a, kv) * (a.num_layers - len(a.sliding_layers)) // a.num_layers
+        return kv_bytes_per_token(self.arch, kv)
 
     def kv_window_bytes(self, kv: str = "f16") -> int:
         """KV bytes the sliding-window layers hold at most, whatever the context."""

@@ -28,11 +28,16 @@ def kv_head_dim(head_dim: int) -> int:
     return -(-int(head_dim) // 8) * 8
 
 
-def kv_bytes_per_token(arch, kv: str) -> int:
-    """K and V of one position in every layer, in a cache of element type ``kv``."""
+def kv_row_bytes(arch, kv: str) -> int:
+    """K and V of one position in one layer, in a cache of element type ``kv``."""
     import numpy as np
-    return 2 * np.dtype(KV_NUMPY[kv]).itemsize * arch.num_layers * arch.num_kv_heads \
-        * kv_head_dim(arch.head_dim)
+    return 2 * np.dtype(KV_NUMPY[kv]).itemsize * arch.num_kv_heads * kv_head_dim(arch.head_dim)
+
+
+def kv_bytes_per_token(arch, kv: str) -> int:
+    """What one more position of context adds to the KV cache: K and V in every full-attention
+    layer (a sliding-window layer's buffers are fixed, see ``runtime.kv_cache``)."""
+    return kv_row_bytes(arch, kv) * (arch.num_layers - len(arch.sliding_layers))
 
 
 def read_initializers(path, names) -> dict:

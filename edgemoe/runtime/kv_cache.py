@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from edgemoe.arch import MoEArch
 from edgemoe.errors import BudgetError, ConfigError
-from edgemoe.package.graph_io import KV_DTYPES, KV_NUMPY, kv_bytes_per_token, kv_head_dim
+from edgemoe.package.graph_io import KV_DTYPES, KV_NUMPY, kv_bytes_per_token, kv_head_dim, kv_row_bytes
 
 GROW_FROM = 256          # tokens a growable cache starts with; it doubles when a sequence needs more
 WINDOW_SLACK = 32        # rows a windowed layer holds beyond its window: eviction every 33 tokens
@@ -165,14 +165,14 @@ class KVCache:
 
     @staticmethod
     def bytes_per_token(arch: MoEArch, kv_dtype: str = "f16") -> int:
-        """K and V of one position, every layer."""
+        """K and V of one more position, every full-attention layer (windowed ones are fixed)."""
         return kv_bytes_per_token(arch, check_kv_dtype(kv_dtype))
 
     @staticmethod
     def bytes_for(arch: MoEArch, tokens: int, kv_dtype: str = "f16", slots: int = 1) -> int:
         """Bytes a full cache of ``tokens`` positions in each of ``slots`` sequences takes (a
         sliding layer's at most its window's rows)."""
-        per_layer = kv_bytes_per_token(arch, check_kv_dtype(kv_dtype)) // arch.num_layers
+        per_layer = kv_row_bytes(arch, check_kv_dtype(kv_dtype))
         rows = sum(min(tokens, window_capacity(arch.window(i))) if arch.window(i) else tokens
                    for i in range(arch.num_layers))
         return per_layer * rows * slots
