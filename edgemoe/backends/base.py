@@ -51,10 +51,10 @@ def run_group(backend, handles: Sequence[Any], xs: np.ndarray, bounds: np.ndarra
 
 
 def require_plain_swiglu(backend: str, arch):
-    """Kernels that fuse the plain SwiGLU (TVM, HLS) refuse experts with biases or gpt-oss's
-    clamped activation, naming the backends that compute them."""
+    """Kernels that fuse the plain SwiGLU (HLS) refuse experts with biases or gpt-oss's clamped
+    activation, naming the backends that compute them."""
     if arch.expert_act != "silu" or arch.expert_bias:
         from edgemoe.errors import ConfigError
         raise ConfigError(f"the {backend} kernels compute the plain SwiGLU expert; this {arch.family} "
                           f"package's experts have biases and a clamped activation: use --backend "
-                          f"planes (under a budget) or ort / reference (resident)")
+                          f"planes or tvm (under a budget), ort or reference (resident)")

@@ -91,7 +91,7 @@ class OrtBackend:
             shapes = {m: (n, k) for m, n, k in layout.matrices}       # gate_up [2I, H], down [H, I]
             hidden, inter = shapes["down"]
             model = self._model(("fused", bits), lambda: fused_graph(layout, bits, hidden, inter,
-                                                                     act_of(pkg.arch)))
+                                                                     act_of(getattr(pkg, "arch", None))))
             arrays = fused_arrays(buf, layout, bits)
         else:
             rel = pkg.experts[(layer, expert)].level(bits).graph

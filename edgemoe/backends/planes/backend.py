@@ -90,7 +90,7 @@ class PlanesBackend:
             mats[name] = ("q", planes, spec.plane_widths[: idx + 1], shifts, a, b, n, k, bits)
         for name in layout.biases:       # [N] float32, views into the record's first chunk
             mats[f"{name}.bias"] = slot_array(buf, layout, layout.bias_slot(name))
-        mats["act"] = act_of(pkg.arch)
+        mats["act"] = act_of(getattr(pkg, "arch", None))
         return mats
 
     def _weight(self, m) -> np.ndarray:

@@ -20,9 +20,13 @@ def glu(gu: np.ndarray, act: str = "silu", alpha: float = 1.702, limit: float = 
     return (u + np.float32(1)) * (g / (1 + np.exp(-np.float32(alpha) * g)))
 
 
+PLAIN = ("silu", 1.702, 7.0)
+
+
 def act_of(arch) -> tuple[str, float, float]:
-    """The expert activation settings of a MoEArch, as :func:`glu` takes them."""
-    return arch.expert_act, arch.swiglu_alpha, arch.swiglu_limit
+    """The expert activation settings of a MoEArch, as :func:`glu` takes them (the plain SwiGLU
+    for None: synthetic records without a model, as the benchmarks and calibration make)."""
+    return PLAIN if arch is None else (arch.expert_act, arch.swiglu_alpha, arch.swiglu_limit)
 
 
 def swiglu(x: np.ndarray, gate_up: np.ndarray, down: np.ndarray, act=("silu", 1.702, 7.0),
@@ -46,7 +50,8 @@ class ReferenceBackend:
 
     def load(self, pkg, layer, expert, bits, buf):
         w = decode_record(buf, pkg.layout, bits)
-        return (w["gate_up"], w["down"], act_of(pkg.arch), w.get("gate_up.bias"), w.get("down.bias"))
+        return (w["gate_up"], w["down"], act_of(getattr(pkg, "arch", None)), w.get("gate_up.bias"),
+                w.get("down.bias"))
 
     def run(self, handle, x):
         return swiglu(x.astype(np.float32), *handle).astype(np.float32)

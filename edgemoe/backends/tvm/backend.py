@@ -9,7 +9,7 @@ run in chunks of the largest.
 """
 from __future__ import annotations
 
-from edgemoe.backends.base import require_plain_swiglu
+from edgemoe.backends.reference.backend import act_of, glu
 
 import hashlib
 import os
@@ -178,7 +178,6 @@ class TvmBackend:
         """Load (once) the kernels of ``pkg`` for ``device``; raises KernelsMissingError naming the
         build command if they are missing, stale, or built for another machine. CPU kernels load
         with TVM's runtime library alone (``runtime_lib``: ~20 MiB, not the compiler's ~160)."""
-        require_plain_swiglu("tvm", pkg.arch)
         if not hasattr(pkg, "root"):
             from edgemoe.package.reader import Package
             pkg = Package(pkg)
@@ -226,12 +225,13 @@ class TvmBackend:
 
     def load(self, pkg, layer, expert, bits, buf):
         """Bind the kernels of level ``bits`` to zero-copy views of the record prefix ``buf``."""
-        require_plain_swiglu("tvm", pkg.arch)
-        return self.bind(self.prepare(pkg), pkg.layout, bits, buf)
+        return self.bind(self.prepare(pkg), pkg.layout, bits, buf, act_of(getattr(pkg, "arch", None)))
 
-    def bind(self, ks: KernelSet, layout: RecordLayout, bits: int, buf) -> dict:
+    def bind(self, ks: KernelSet, layout: RecordLayout, bits: int, buf, act=("silu", 1.702, 7.0)) -> dict:
         """A runnable expert: ``ks``'s kernels over the views of ``buf`` (one buffer or a list of
-        chunk buffers) that level ``bits`` reads."""
+        chunk buffers) that level ``bits`` reads. Experts with biases or gpt-oss's clamped
+        activation (``act``) run the two matrix kernels and do the rest in numpy between them
+        (vectors of 2I and H per row: the matrices' cost is the kernels')."""
         quant = layout.spec
         idx = quant.level_index(bits)
         args = {}
@@ -244,8 +244,12 @@ class TvmBackend:
         shapes = dict((m, (n, k)) for m, n, k in layout.matrices)
         by_rows = {t: (ks.funcs[kernel_name("gate_up", bits, t)], ks.funcs[f"swiglu_t{t}"],
                        ks.funcs[kernel_name("down", bits, t)]) for t in ks.buckets}
-        return {"kernels": ks, "bits": bits, "args": args, "buf": buf, "by_rows": by_rows,
-                "hidden": shapes["down"][0], "intermediate": shapes["down"][1]}
+        handle = {"kernels": ks, "bits": bits, "args": args, "buf": buf, "by_rows": by_rows,
+                  "hidden": shapes["down"][0], "intermediate": shapes["down"][1]}
+        if layout.biases or act[0] != "silu":
+            handle["numpy_glu"] = (act, *(slot_array(buf, layout, layout.bias_slot(m))
+                                          if m in layout.biases else None for m in MATRICES))
+        return handle
 
     def run(self, handle, x):
         """x [T, H] float32 -> y [T, H] float32 (rows in chunks of the token buckets, the last one
@@ -289,8 +293,17 @@ class TvmBackend:
         gate_up, swiglu, down = handle["by_rows"][t]
         gu, mid = self._work(t, handle["intermediate"])
         gate_up(xb, *handle["args"]["gate_up"], gu)
-        swiglu(gu, mid)
+        if "numpy_glu" not in handle:
+            swiglu(gu, mid)
+            down(mid, *handle["args"]["down"], y)
+            return
+        act, gu_bias, down_bias = handle["numpy_glu"]
+        if gu_bias is not None:
+            gu += gu_bias
+        mid[...] = glu(gu, *act)
         down(mid, *handle["args"]["down"], y)
+        if down_bias is not None:
+            y += down_bias
 
     def _work(self, t: int, inter: int):
         """Work buffers [t, 2I] and [t, I] of the CPU kernels, made once per shape."""
@@ -306,9 +319,17 @@ class TvmBackend:
 
         d = [tvm.runtime.tensor(a, device=ks.device) for a in (xb, gu, h, y)]
         ks.funcs[kernel_name("gate_up", bits, t)](d[0], *handle["args"]["gate_up"], d[1])
-        ks.funcs[f"swiglu_t{t}"](d[1], d[2])
+        if "numpy_glu" not in handle:
+            ks.funcs[f"swiglu_t{t}"](d[1], d[2])
+            ks.funcs[kernel_name("down", bits, t)](d[2], *handle["args"]["down"], d[3])
+            return d[3].numpy()
+        act, gu_bias, down_bias = handle["numpy_glu"]     # through the host between the matrices
+        g = d[1].numpy()
+        mid = glu(g if gu_bias is None else g + gu_bias, *act).astype(np.float32)
+        d[2] = tvm.runtime.tensor(np.ascontiguousarray(mid), device=ks.device)
         ks.funcs[kernel_name("down", bits, t)](d[2], *handle["args"]["down"], d[3])
-        return d[3].numpy()
+        out = d[3].numpy()
+        return out if down_bias is None else out + down_bias
 
 
 def jit_kernels(hidden: int, intermediate: int, quant, buckets=None, int8: bool | None = None,
