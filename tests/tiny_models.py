@@ -88,3 +88,48 @@ def build(family: str, path, seed: int = 0, dtype=None, **overrides):
         model = model.to(dtype)
     model.save_pretrained(path)
     return model
+
+
+WORDS = ("the a small mixture of experts runs on tiny boards under budget memory flash bits level "
+         "token model layer expert router graph onnx numpy quant").split()
+
+
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer every id of a tiny model decodes to (WORDS, then w<i>)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"[UNK]": 0}
+    for i in range(1, vocab_size):
+        vocab[WORDS[i - 1] if i <= len(WORDS) else f"w{i}"] = i
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    return tok
+
+
+def to_mxfp4(hf_dir):
+    """Rewrite a saved gpt-oss checkpoint with MXFP4 experts as the official one is laid out
+    (``*_blocks`` [E, out, in/32, 16], ``*_scales`` [E, out, in/32], quantization_config);
+    returns {param name: the dequantized [E, in, out] weights} to load into the torch model."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from edgemoe.exporters.mxfp4 import dequantize_mxfp4, quantize_mxfp4
+    f = hf_dir / "model.safetensors"
+    t = load_file(f)
+    deq = {}
+    for name in [n for n in t if n.endswith(("gate_up_proj", "down_proj")) and ".experts." in n]:
+        out_major = np.ascontiguousarray(t.pop(name).transpose(0, 2, 1))     # [E, out, in]
+        blocks, scales = quantize_mxfp4(out_major)
+        t[name + "_blocks"] = blocks.reshape(*out_major.shape[:2], -1, 16)
+        t[name + "_scales"] = scales
+        deq[name] = dequantize_mxfp4(t[name + "_blocks"], scales).transpose(0, 2, 1)
+    save_file(t, f, metadata={"format": "pt"})
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    return deq

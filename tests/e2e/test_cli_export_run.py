@@ -12,26 +12,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
-from tokenizers.models import WordLevel  # noqa: E402
-from tokenizers.pre_tokenizers import Whitespace  # noqa: E402
 
 import tiny_models  # noqa: E402
 from edgemoe.cli import main  # noqa: E402
 from edgemoe.runtime.engine import Runtime  # noqa: E402
 
-WORDS = ("the a small mixture of experts runs on tiny boards under budget memory flash bits level "
-         "token model layer expert router graph onnx numpy quant").split()
 PROMPT = "the small model runs on tiny boards"
-
-
-def _tokenizer(vocab_size: int) -> Tokenizer:
-    vocab = {"[UNK]": 0}
-    for i in range(1, vocab_size):        # every id of the model decodes to something
-        vocab[WORDS[i - 1] if i <= len(WORDS) else f"w{i}"] = i
-    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = Whitespace()
-    return tok
 
 
 def _level(out: dict):
@@ -51,7 +37,7 @@ def package(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
     # no eos id: greedy decoding must produce exactly the tokens asked for
     tiny_models.build("mixtral", d / "hf", eos_token_id=None)
-    _tokenizer(128).save(str(d / "hf" / "tokenizer.json"))
+    tiny_models.word_tokenizer(128).save(str(d / "hf" / "tokenizer.json"))
     out = d / "tiny.edgemoe"
     p = _edgemoe("export", d / "hf", "-o", out, "--json")
     assert p.returncode == 0, p.stderr

@@ -2,8 +2,6 @@
 MXFP4 experts of the official layout, and each level's error against those 4-bit values."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,6 @@ pytest.importorskip("transformers")
 
 import tiny_models  # noqa: E402
 from edgemoe.exporters.export import export  # noqa: E402
-from edgemoe.exporters.mxfp4 import dequantize_mxfp4, quantize_mxfp4  # noqa: E402
 from edgemoe.quant.dense import FLOAT32  # noqa: E402
 from edgemoe.quant.record import decode_record  # noqa: E402
 from edgemoe.quant.spec import QuantSpec  # noqa: E402
@@ -80,31 +77,9 @@ def test_sliding_layers_hold_only_their_window_at_2000_tokens(gpt_oss, capsys):
               f"would hold {a.num_layers * 2048 * per_row}")
 
 
-def _to_mxfp4(hf_dir):
-    """Rewrite a saved gpt-oss checkpoint with MXFP4 experts as the official one is laid out
-    (``*_blocks`` [E, out, in/32, 16], ``*_scales`` [E, out, in/32], quantization_config);
-    returns {param name: the dequantized [E, in, out] weights} to load into the torch model."""
-    from safetensors.numpy import load_file, save_file
-    f = hf_dir / "model.safetensors"
-    t = load_file(f)
-    deq = {}
-    for name in [n for n in t if n.endswith(("gate_up_proj", "down_proj")) and ".experts." in n]:
-        out_major = np.ascontiguousarray(t.pop(name).transpose(0, 2, 1))     # [E, out, in]
-        blocks, scales = quantize_mxfp4(out_major)
-        t[name + "_blocks"] = blocks.reshape(*out_major.shape[:2], -1, 16)
-        t[name + "_scales"] = scales
-        deq[name] = dequantize_mxfp4(t[name + "_blocks"], scales).transpose(0, 2, 1)
-    save_file(t, f, metadata={"format": "pt"})
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
-        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
-    (hf_dir / "config.json").write_text(json.dumps(cfg))
-    return deq
-
-
 def test_mxfp4_experts_export_and_match_their_dequantized_values(tmp_path, capsys):
     model = tiny_models.build("gpt_oss", tmp_path / "hf", seed=3)
-    deq = _to_mxfp4(tmp_path / "hf")
+    deq = tiny_models.to_mxfp4(tmp_path / "hf")
     with torch.no_grad():       # the reference: the same model with the MXFP4 values
         params = dict(model.named_parameters())
         for name, w in deq.items():
