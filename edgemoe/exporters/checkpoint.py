@@ -1,7 +1,8 @@
 """Streamed reading of a Hugging Face checkpoint folder: config.json + *.safetensors (+ tokenizer.json).
 
 Tensors are read one at a time straight from the shard files (numpy, no torch), so an export never
-holds more than the tensors it is working on. fp32, fp16 and bf16 sources all come out float32.
+holds more than the tensors it is working on. fp32, fp16, bf16 and float8 (e4m3, e8m0) sources all come out float32; FP8 weights' block
+scales (``weight_scale_inv``) are applied by the weight map (``exporters.fp8``).
 """
 from __future__ import annotations
 
@@ -16,11 +17,33 @@ import numpy as np
 
 from edgemoe.errors import CheckpointError
 
-# safetensors dtype -> (numpy dtype, bytes per element); bf16 is read as uint16 and widened.
+# safetensors dtype -> (numpy dtype, bytes per element); bf16 is read as uint16 and widened, the
+# 8-bit floats as bytes through a table (no ml_dtypes, no torch).
 _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
            "F64": (np.float64, 8), "I64": (np.int64, 8), "I32": (np.int32, 4),
-           "U8": (np.uint8, 1), "BOOL": (np.bool_, 1)}
-_FLOATS = ("F32", "F16", "BF16", "F64")
+           "U8": (np.uint8, 1), "BOOL": (np.bool_, 1),
+           "F8_E4M3": (np.uint8, 1), "F8_E8M0": (np.uint8, 1)}
+_FLOATS = ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E8M0")
+
+
+def _e4m3fn_table() -> np.ndarray:
+    """float32 value of every float8 e4m3fn byte (OCP FP8: bias 7, no infinities, 0x7F/0xFF NaN)."""
+    b = np.arange(256)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    e, m = (b >> 3) & 0xF, b & 0x7
+    val = np.where(e == 0, m / 8.0 * 2.0 ** -6, (1 + m / 8.0) * 2.0 ** (e - 7.0))
+    val = np.where((e == 0xF) & (m == 7), np.nan, val)
+    return (sign * val).astype(np.float32)
+
+
+def _e8m0_table() -> np.ndarray:
+    """float32 value of every e8m0 byte (a power of two 2^(b - 127); 0xFF is NaN)."""
+    t = np.full(256, np.nan, dtype=np.float32)
+    t[:255] = np.exp2(np.arange(255, dtype=np.float64) - 127)
+    return t
+
+
+_FP8_TABLES = {"F8_E4M3": _e4m3fn_table(), "F8_E8M0": _e8m0_table()}
 
 
 @dataclass(frozen=True)
@@ -218,6 +241,10 @@ class Checkpoint:
         for r0 in range(0, rows, step):
             yield self.read_rows(name, r0, min(rows, r0 + step))
 
+    def stored_dtype(self, name: str) -> str:
+        """The tensor's safetensors dtype ("BF16", "F8_E4M3", ...)."""
+        return self._info(name).dtype
+
     def dtype(self, name: str) -> np.dtype:
         """The dtype ``read(name)`` returns: float32 for every float source, else the stored one."""
         stored = self._info(name).dtype
@@ -240,6 +267,8 @@ class Checkpoint:
                     raise CheckpointError(f"{info.file.name} is truncated while reading {info.name}; "
                                           f"re-download it")
                 got += n
+        if info.dtype in _FP8_TABLES:
+            return _FP8_TABLES[info.dtype][out]
         if widen:
             _widen_in_place(out, raw, shift=info.dtype == "BF16")
         if info.dtype == "BF16":

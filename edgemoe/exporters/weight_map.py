@@ -14,6 +14,7 @@ from edgemoe.arch import MoEArch
 from edgemoe.errors import CheckpointError
 from edgemoe.exporters.checkpoint import Checkpoint
 from edgemoe.exporters.families.base import FamilyAdapter
+from edgemoe.exporters.fp8 import FP8_DTYPES, SCALE_SUFFIX, block_size, dequantize_blocks
 from edgemoe.package.onnx_util import RowBlocks
 
 
@@ -67,7 +68,22 @@ class WeightMap:
             raise CheckpointError(f"tensor {name} has shape {tuple(arr.shape)}, expected {tuple(shape)} "
                                   f"from config.json; the config and weights disagree")
         self.used.add(name)
+        scale = self._fp8_scale(name)
+        if scale is not None:     # block-scaled FP8: dequantized as it is read
+            self.used.add(scale)
+            arr = dequantize_blocks(arr, self.ckpt.read(scale), block=block_size(self.ckpt.config))
         return arr
+
+    def _fp8_scale(self, name: str) -> str | None:
+        """The block scales of an FP8 tensor (``<name>_scale_inv``), or None; an FP8 tensor
+        without them is refused (its values alone are not the weights)."""
+        if self.ckpt.stored_dtype(name) not in FP8_DTYPES:
+            return None
+        scale = name + SCALE_SUFFIX
+        if scale not in self.ckpt.tensors:
+            raise CheckpointError(f"FP8 tensor {name} has no {scale} block scales beside it; "
+                                  f"re-download the checkpoint (it is incomplete)")
+        return scale
 
     def _expected(self, role: str) -> tuple[int, ...] | None:
         a = self.arch
@@ -124,7 +140,19 @@ class WeightMap:
             raise CheckpointError(f"tensor {name} has shape {got}, expected {tuple(shape)} "
                                   f"from config.json; the config and weights disagree")
         self.used.add(name)
-        return RowBlocks(got, self.ckpt.dtype(name), lambda: self.ckpt.row_blocks(name))
+        scale = self._fp8_scale(name)
+        if scale is None:
+            return RowBlocks(got, self.ckpt.dtype(name), lambda: self.ckpt.row_blocks(name))
+        self.used.add(scale)
+        bn, bk = block_size(self.ckpt.config)
+
+        def blocks():       # whole blocks of rows, each dequantized with its scale rows
+            s = self.ckpt.read(scale)
+            step = max(bn, (16 << 20) // max(1, 4 * got[1]) // bn * bn)
+            for r0 in range(0, got[0], step):
+                r1 = min(got[0], r0 + step)
+                yield dequantize_blocks(self.ckpt.read_rows(name, r0, r1), s, (r0, r1), (bn, bk))
+        return RowBlocks(got, np.dtype(np.float32), blocks)
 
     def embed_rows(self) -> RowBlocks:
         """The token embedding [V, H], streamed in row blocks (never held whole)."""
@@ -207,7 +235,7 @@ class WeightMap:
         for i in a.moe_layers:
             _, src = self._expert_source(i)
             names.update(n for group in src for n in group)
-        return names
+        return names | {n + SCALE_SUFFIX for n in names if self._fp8_scale(n)}
 
     def _fused(self, names: list[str], shape: tuple[int, int, int]) -> np.ndarray:
         """A fused expert tensor as [E, out, in] float32: MXFP4 blocks dequantized (stored
