@@ -15,6 +15,7 @@ GROUP_SCORES = ("max", "top2_sum")
 NORMS = ("rms", "layer")
 QK_NORMS = ("none", "per_head", "full")
 EXPERT_ACTS = ("silu", "clamped")
+ATTENTIONS = ("gqa", "mla")
 ROPE_TYPES = ("default", "linear", "dynamic", "ntk_alpha", "yarn", "llama3")
 
 
@@ -109,6 +110,13 @@ class MoEArch:
     swiglu_alpha: float = 1.702       # clamped: g * sigmoid(alpha * g) ...
     swiglu_limit: float = 7.0         # ... with g <= limit and |u| <= limit, times (u + 1)
     expert_bias: bool = False         # biases on the experts' gate_up and down (in their records)
+    # multi-head latent attention (DeepSeek-V2/V3): head_dim = qk_nope + qk_rope (the q/k width),
+    # rotary_dim = qk_rope; the KV cache holds [normed latent | roped k_pe] per token (one head)
+    attention: str = "gqa"            # gqa | mla
+    q_lora_rank: int = 0              # 0: q_proj directly; else q_a_proj -> norm -> q_b_proj
+    kv_lora_rank: int = 0
+    v_head_dim: int = 0
+    latent_norm_eps: float = 1e-6     # q_a / kv_a RMSNorms (transformers builds them with 1e-6)
     clip_qkv: float = 0.0             # 0 = off (OLMoE)
     shared_intermediate_size: int = 0 # 0 = no shared expert
     shared_expert_gate: bool = False  # sigmoid(Linear(H,1)) on the shared expert (Qwen2-MoE)
@@ -149,6 +157,12 @@ class MoEArch:
                                or self.norm != "rms"):
             raise ConfigError("post-norm layers are built with RMSNorm, no shared expert and no "
                               "residual multiplier (as OLMo2/FlexOlmo)")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"MoEArch.attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention == "mla" and (self.kv_lora_rank < 1 or self.v_head_dim < 1
+                                        or self.rope_dim >= self.head_dim):
+            raise ConfigError("latent attention needs kv_lora_rank, v_head_dim and a rope part "
+                              "smaller than the q/k head")
         if self.expert_act not in EXPERT_ACTS:
             raise ConfigError(f"MoEArch.expert_act must be one of {EXPERT_ACTS}, got {self.expert_act!r}")
         if self.sliding_layers and self.sliding_window < 1:
@@ -176,6 +190,14 @@ class MoEArch:
     @property
     def scale(self) -> float:
         return self.attention_scale or self.head_dim ** -0.5
+
+    @property
+    def kv_heads_and_dim(self) -> tuple[int, int]:
+        """(heads, width) of one layer's cached K (and V): MLA caches one head of
+        [latent | k_pe] that serves as K and V at once."""
+        if self.attention == "mla":
+            return 1, self.kv_lora_rank + self.rope_dim
+        return self.num_kv_heads, self.head_dim
 
     def window(self, layer: int) -> int:
         """The attention window of ``layer`` in keys (0: the whole sequence)."""

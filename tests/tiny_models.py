@@ -57,6 +57,31 @@ FAMILIES = {
     # sliding window 8 < the 16-token prompt, so the windowed layers' eviction is exercised
     "gpt_oss": dict(head_dim=16, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
                     sliding_window=8, max_position_embeddings=131072, num_hidden_layers=4),
+    # latent attention with q LoRA; rope 8 / nope 16 / v 16, latent 16: 24-wide cached rows
+    "deepseek_v3": dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                        v_head_dim=16, num_key_value_heads=4, intermediate_size=128,
+                        moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+                        num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+                        routed_scaling_factor=2.5, num_hidden_layers=3),
+    # V2-Lite-like: no q LoRA, group-limited softmax routing (2 groups of 4, one kept)
+    "deepseek_v2": dict(kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                        v_head_dim=16, num_key_value_heads=4, intermediate_size=128,
+                        moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=2,
+                        num_experts_per_tok=2, topk_method="group_limited_greedy", n_group=2,
+                        topk_group=1, first_k_dense_replace=1, routed_scaling_factor=1.5,
+                        num_hidden_layers=3),
+    # V3.2: V3 plus the lightning indexer (ignored: the test's 32 tokens are under index_topk)
+    "deepseek_v32": dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                         v_head_dim=16, num_key_value_heads=4, intermediate_size=128,
+                         moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+                         num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+                         index_topk=256, index_head_dim=16, index_n_heads=2, num_hidden_layers=3,
+                         max_position_embeddings=4096),
+    # GLM-4.7-Flash: latent attention without q LoRA, v wider than nope
+    "glm4_moe_lite": dict(kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                          v_head_dim=24, num_key_value_heads=4, intermediate_size=128,
+                          moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+                          num_experts_per_tok=2, num_hidden_layers=3),
     "flex_olmo": dict(intermediate_size=32, num_experts=8, num_experts_per_tok=2, pad_token_id=0,
                       eos_token_id=1),
 }

@@ -56,15 +56,16 @@ def _i64(*v):
     return np.array(v, dtype=np.int64)
 
 
-def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarray | None) -> str:
-    """RMSNorm (fp32 variance, as HF) or LayerNorm with bias, over the last axis."""
-    eps = b.const(np.float32(arch.norm_eps))
+def _norm(b: GraphBuilder, x: str, arch: MoEArch, w: np.ndarray, bias: np.ndarray | None,
+          eps: float | None = None) -> str:
+    """RMSNorm (fp32 variance, as HF) or LayerNorm with bias, over the last axis (``eps``: another
+    epsilon than the arch's)."""
+    eps = float(arch.norm_eps if eps is None else eps)
     if arch.norm == "layer":
         bias = np.zeros_like(w) if bias is None else bias
-        return b.op("LayerNormalization", x, b.const(w), b.const(bias), axis=-1,
-                    epsilon=float(arch.norm_eps))
+        return b.op("LayerNormalization", x, b.const(w), b.const(bias), axis=-1, epsilon=eps)
     var = b.op("ReduceMean", b.op("Mul", x, x), axes=[-1], keepdims=1)
-    y = b.op("Div", x, b.op("Sqrt", b.op("Add", var, eps)))
+    y = b.op("Div", x, b.op("Sqrt", b.op("Add", var, b.const(np.float32(eps)))))
     return b.op("Mul", y, b.const(w))
 
 
@@ -92,10 +93,10 @@ def _swiglu(b: GraphBuilder, x: str, w: dict, role: str, dq: DenseQuant) -> str:
     return lin(b.op("Mul", b.op("Mul", g, b.op("Sigmoid", g)), lin(x, "up")), "down")
 
 
-def _rope(b: GraphBuilder, x: str, arch: MoEArch) -> str:
+def _rope(b: GraphBuilder, x: str, arch: MoEArch, d: int | None = None) -> str:
     """x [B, S, heads, D] -> x*cos + rotate_half(x)*sin on the first R dims of D (cos/sin [B, S, R]
-    broadcast over the heads)."""
-    r, d = arch.rope_dim, arch.head_dim
+    broadcast over the heads). ``d``: D when it is not the arch's head_dim (MLA's rope parts)."""
+    r, d = arch.rope_dim, d or arch.head_dim
     rot, rest = (x, None) if r == d else b.op("Split", x, b.const(_i64(r, d - r)), axis=-1, n_out=2)
     x1, x2 = b.op("Split", rot, b.const(_i64(r // 2, r // 2)), axis=-1, n_out=2)
     rotated = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
@@ -128,7 +129,8 @@ def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str, window
     each query sees its last ``window`` keys (itself included) and the buffers are window-sized
     (``sliding_window_cache``: the op evicts in place). ``sinks`` [NH]: a learned logit per head
     that joins each softmax's denominator and nothing else (``head_sink``)."""
-    kvh, d = arch.num_kv_heads, kv_head_dim(arch.head_dim)
+    kvh, width = arch.kv_heads_and_dim
+    d = kv_head_dim(width)
     elem = _KV_ELEM[kv]
     cap = "W" if window else "M"
     b.input("past_k", elem, ["B", kvh, cap, d])
@@ -159,6 +161,8 @@ def _gqa(b: GraphBuilder, q: str, k: str, v: str, arch: MoEArch, kv: str, window
 
 def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, kv: str,
                window: int = 0) -> str:
+    if arch.attention == "mla":
+        return _mla(b, x, arch, w, dq, kv)
     nh, kvh, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
     q = _linear(b, x, w["q"], w.get("q_bias"), dq=dq)
     k = _linear(b, x, w["k"], w.get("k_bias"), dq=dq)
@@ -191,6 +195,46 @@ def _attention(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, 
         ctx = b.op("Slice", ctx, b.const(_i64(0)), b.const(_i64(d)), b.const(_i64(3)))
         ctx = _merge_heads(b, ctx, nh, d)
     return _linear(b, ctx, w["o"], w.get("o_bias"), dq=dq)
+
+
+def _mla(b: GraphBuilder, x: str, arch: MoEArch, w: dict, dq: DenseQuant, kv: str) -> str:
+    """Multi-head latent attention in its absorbed form over a cache of [latent | k_pe] per token.
+
+    q [B, S, NH, dn + dr] (q_proj, or q_a -> RMSNorm -> q_b), split into q_nope and q_pe (roped);
+    kv_a gives [latent r | k_pe dr]: the latent RMSNorm'ed, k_pe roped (one head, shared). With
+    kv_b's per-head blocks W_uk [dn, r] and W_uv [dv, r], q_nope . (W_uk latent) = (q_nope W_uk)
+    . latent, so each head's query becomes [q_nope W_uk | q_pe] against keys [latent | k_pe], and
+    its output is W_uv (sum_j p_j latent_j): one GroupQueryAttention with one KV head whose K and V
+    are the same cached vector (the first r of its output are the latent sum). -> [B, S, H]."""
+    nh, dr, r, dv = arch.num_heads, arch.rope_dim, arch.kv_lora_rank, arch.v_head_dim
+    dn = arch.head_dim - dr
+    if arch.q_lora_rank:
+        qa = _linear(b, x, w["q_a"], w.get("q_a_bias"), dq=dq)
+        q = _linear(b, _norm(b, qa, arch, w["q_a_norm"], None, arch.latent_norm_eps), w["q_b"], dq=dq)
+    else:
+        q = _linear(b, x, w["q"], dq=dq)
+    q_nope, q_pe = b.op("Split", _split_heads(b, q, nh, dn + dr), b.const(_i64(dn, dr)), axis=-1, n_out=2)
+    q_pe = _rope(b, q_pe, arch, dr)                                                # [B, S, NH, dr]
+    lat, k_pe = b.op("Split", _linear(b, x, w["kv_a"], w.get("kv_a_bias"), dq=dq),
+                     b.const(_i64(r, dr)), axis=-1, n_out=2)
+    lat = _norm(b, lat, arch, w["kv_a_norm"], None, arch.latent_norm_eps)         # [B, S, r]
+    k_pe = _merge_heads(b, _rope(b, _split_heads(b, k_pe, 1, dr), arch, dr), 1, dr)
+    kv_b = w["kv_b"].reshape(nh, dn + dv, r)
+    w_uk = np.ascontiguousarray(kv_b[:, :dn, :])                                   # [NH, dn, r]
+    w_uv = np.ascontiguousarray(kv_b[:, dn:, :].transpose(0, 2, 1))                # [NH, r, dv]
+    q_lat = b.op("MatMul", b.op("Unsqueeze", q_nope, b.const(_i64(3))), b.const(w_uk))  # [B,S,NH,1,r]
+    q_lat = b.op("Reshape", q_lat, b.const(_i64(0, 0, nh, r)))
+    width = r + dr
+    dc = kv_head_dim(width)
+    q_cat, k_cat = b.op("Concat", q_lat, q_pe, axis=-1), b.op("Concat", lat, k_pe, axis=-1)
+    if dc != width:   # zero dims to the kernel's head-size multiple: q.k unchanged, outputs cut
+        q_cat = b.op("Pad", q_cat, b.const(_i64(0, 0, 0, 0, 0, 0, 0, dc - width)))
+        k_cat = b.op("Pad", k_cat, b.const(_i64(0, 0, 0, 0, 0, dc - width)))
+    ctx = _gqa(b, _merge_heads(b, q_cat, nh, dc), k_cat, k_cat, arch, kv)          # [B, S, NH*dc]
+    ctx = b.op("Slice", _split_heads(b, ctx, nh, dc), b.const(_i64(0)), b.const(_i64(r)),
+               b.const(_i64(3)))                                                   # [B, S, NH, r]
+    out = b.op("MatMul", b.op("Unsqueeze", ctx, b.const(_i64(3))), b.const(w_uv))  # [B,S,NH,1,dv]
+    return _linear(b, b.op("Reshape", out, b.const(_i64(0, 0, nh * dv))), w["o"], w.get("o_bias"), dq=dq)
 
 
 def layer_graph(arch: MoEArch, index: int, w: dict[str, np.ndarray],

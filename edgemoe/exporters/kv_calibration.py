@@ -38,13 +38,15 @@ def calibrate_kv_scales(pkg_dir) -> bytes:
     rt = Runtime(pkg_dir, kv_dtype="f32", backend="planes", level=lowest, context=PROBE_TOKENS,
                  budget=CALIBRATION_BUDGET, budget_or_minimum=1.2, prefetch=False)
     try:
-        ids = _probe_ids(Path(pkg_dir), rt)
+        ids = _probe_ids(Path(pkg_dir), rt)[:rt.arch.max_position]
         rt.forward(ids)
         n = len(ids)
         out = []
-        for k, v in zip(rt.kv.k, rt.kv.v):
-            # [KVH, n, D] -> per channel (head-major, as the graph's [KVH*D] scale input)
-            out.append([np.abs(b[0, :, :n]).max(axis=1).reshape(-1) for b in (k, v)])
+        for i, (k, v) in enumerate(zip(rt.kv.k, rt.kv.v)):
+            # [KVH, n, D] -> per channel (head-major, as the graph's [KVH*D] scale input); a
+            # windowed layer holds its last rows only; an MLA layer's K and V are one buffer
+            rows = rt.kv.held_rows(i, n)
+            out.append([np.abs(b[0, :, :rows]).max(axis=1).reshape(-1) for b in (k, v)])
     finally:
         rt.close()
     s = np.asarray(out, dtype=np.float32) * (HEADROOM / 127.0)

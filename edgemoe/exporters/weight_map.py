@@ -42,6 +42,26 @@ def interleaved_to_half(w: dict[str, np.ndarray], arch: MoEArch) -> dict[str, np
     return w
 
 
+def interleaved_latent_to_half(w: dict[str, np.ndarray], arch: MoEArch) -> dict[str, np.ndarray]:
+    """MLA's GPT-J RoPE parts (the last ``rope_dim`` rows of each q head, of q_proj or q_b_proj,
+    and of kv_a_proj_with_mqa after the latent) in half-split order."""
+    dr = arch.rope_dim
+    rope = half_split_order(dr, dr)
+    w = dict(w)
+    d = arch.head_dim
+    head = np.concatenate([np.arange(d - dr), d - dr + rope])
+    rows = (np.arange(arch.num_heads)[:, None] * d + head[None]).reshape(-1)
+    for role in ("q", "q_b"):
+        if role in w:
+            w[role] = w[role][rows]
+    r = arch.kv_lora_rank
+    kv = np.concatenate([np.arange(r), r + rope])
+    for role in ("kv_a", "kv_a_bias"):
+        if role in w:
+            w[role] = w[role][kv]
+    return w
+
+
 def _alts(t) -> tuple[str, ...]:
     return (t,) if isinstance(t, str) else tuple(t)
 
@@ -90,6 +110,13 @@ class WeightMap:
         H, D, E = a.hidden_size, a.head_dim, a.num_experts
         q, kv = a.num_heads * D, a.num_kv_heads * D
         Is, Id = a.shared_intermediate_size, a.dense_intermediate_size
+        if a.attention == "mla":
+            r, dr, qr, dv = a.kv_lora_rank, a.rope_dim, a.q_lora_rank, a.v_head_dim
+            mla = {"q_a": (qr, H), "q_a_bias": (qr,), "q_a_norm": (qr,), "q_b": (q, qr),
+                   "kv_a": (r + dr, H), "kv_a_bias": (r + dr,), "kv_a_norm": (r,),
+                   "kv_b": (a.num_heads * (D - dr + dv), r), "o": (H, a.num_heads * dv)}
+            if role in mla:
+                return mla[role]
         return {"qkv": (q + 2 * kv, H), "router_bias": (E,), "router_selection_bias": None,
                 "sinks": (a.num_heads,),
                 "attn_out_norm": (H,), "mlp_out_norm": (H,), "shared_gate_up": (2 * Is, H),
@@ -129,7 +156,7 @@ class WeightMap:
                                       f"{a.num_experts} experts; the config and weights disagree")
             w["router_selection_bias"] = b.reshape(a.num_experts).astype(np.float32)
         if self.adapter.interleaved_rope:
-            w = interleaved_to_half(w, a)
+            w = interleaved_latent_to_half(w, a) if a.attention == "mla" else interleaved_to_half(w, a)
         return w
 
     # ---- public ----

@@ -29,9 +29,12 @@ def kv_head_dim(head_dim: int) -> int:
 
 
 def kv_row_bytes(arch, kv: str) -> int:
-    """K and V of one position in one layer, in a cache of element type ``kv``."""
+    """K and V of one position in one layer, in a cache of element type ``kv`` (latent attention:
+    one buffer [latent | k_pe] is both)."""
     import numpy as np
-    return 2 * np.dtype(KV_NUMPY[kv]).itemsize * arch.num_kv_heads * kv_head_dim(arch.head_dim)
+    heads, dim = arch.kv_heads_and_dim
+    buffers = 1 if arch.attention == "mla" else 2
+    return buffers * np.dtype(KV_NUMPY[kv]).itemsize * heads * kv_head_dim(dim)
 
 
 def kv_bytes_per_token(arch, kv: str) -> int:

@@ -73,14 +73,15 @@ class KVCache:
 
     def _alloc(self, capacity: int, keep_windowed: bool = False):
         a = self.arch
-        d = kv_head_dim(a.head_dim)
-        shape = lambda i: (self.slots, a.num_kv_heads, self.layer_capacity(i, capacity), d)  # noqa: E731
+        heads, dim = a.kv_heads_and_dim
+        shape = lambda i: (self.slots, heads, self.layer_capacity(i, capacity), kv_head_dim(dim))  # noqa: E731
         old = (self.k, self.v) if keep_windowed else None
         # np.zeros maps untouched pages: memory becomes resident as positions fill
         self.k = [old[0][i] if old and a.window(i) else np.zeros(shape(i), self.dtype)
                   for i in range(a.num_layers)]
-        self.v = [old[1][i] if old and a.window(i) else np.zeros(shape(i), self.dtype)
-                  for i in range(a.num_layers)]
+        # latent attention: one buffer is K and V (the layer graph reads both from it)
+        self.v = [k if a.attention == "mla" else old[1][i] if old and a.window(i)
+                  else np.zeros(shape(i), self.dtype) for i, k in enumerate(self.k)]
         self.capacity = capacity
         self._views: dict = {}
 
@@ -106,7 +107,7 @@ class KVCache:
             n = int(self.lengths[last])
             for i in range(self.arch.num_layers):
                 rows = self.held_rows(i, n)
-                for buf in (self.k[i], self.v[i]):
+                for buf in {id(b): b for b in (self.k[i], self.v[i])}.values():
                     buf[slot, :, :rows] = buf[last, :, :rows]
             self.lengths[slot] = n
             moved = last
@@ -135,7 +136,7 @@ class KVCache:
         old_k, old_v, n = self.k, self.v, int(self.lengths.max())
         self._alloc(cap, keep_windowed=True)      # windowed layers keep their buffers
         for new, old in zip((*self.k, *self.v), (*old_k, *old_v)):
-            if new is not old:
+            if new is not old:      # (an MLA layer's V is its K: copied twice, harmlessly)
                 new[:, :, :n] = old[:, :, :n]
 
     def can_truncate(self, slot: int, tokens: int) -> bool:
@@ -154,14 +155,15 @@ class KVCache:
         key = (layer, lo, hi)
         v = self._views.get(key)
         if v is None:
-            v = self._views[key] = (ort.OrtValue.ortvalue_from_numpy(self.k[layer][lo:hi]),
+            k = ort.OrtValue.ortvalue_from_numpy(self.k[layer][lo:hi])
+            v = self._views[key] = (k, k if self.v[layer] is self.k[layer] else
                                     ort.OrtValue.ortvalue_from_numpy(self.v[layer][lo:hi]))
         return v
 
     # ---- sizes ----
     def nbytes(self) -> int:
         """Bytes of the buffers (reserved; pages become resident as they fill)."""
-        return sum(b.nbytes for b in (*self.k, *self.v))
+        return sum(b.nbytes for b in {id(b): b for b in (*self.k, *self.v)}.values())
 
     @staticmethod
     def bytes_per_token(arch: MoEArch, kv_dtype: str = "f16") -> int:

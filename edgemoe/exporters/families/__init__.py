@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from edgemoe.errors import UnsupportedArchitectureError
 from edgemoe.exporters.families.base import FamilyAdapter
+from edgemoe.exporters.families.deepseek_v2 import DeepseekV2Adapter
+from edgemoe.exporters.families.deepseek_v3 import DeepseekV3Adapter
+from edgemoe.exporters.families.deepseek_v32 import DeepseekV32Adapter
 from edgemoe.exporters.families.dots1 import Dots1Adapter
 from edgemoe.exporters.families.ernie4_5_moe import Ernie45MoeAdapter
 from edgemoe.exporters.families.flex_olmo import FlexOlmoAdapter
 from edgemoe.exporters.families.glm4_moe import Glm4MoeAdapter
+from edgemoe.exporters.families.glm4_moe_lite import Glm4MoeLiteAdapter
 from edgemoe.exporters.families.gpt_oss import GptOssAdapter
 from edgemoe.exporters.families.granitemoe import GraniteMoeAdapter
 from edgemoe.exporters.families.granitemoeshared import GraniteMoeSharedAdapter
@@ -22,7 +26,9 @@ from edgemoe.exporters.families.sarvam_moe import SarvamMoeAdapter
 ADAPTERS: tuple[FamilyAdapter, ...] = (
     MixtralAdapter(), Qwen2MoeAdapter(), Qwen3MoeAdapter(), OlmoeAdapter(), PhimoeAdapter(),
     GraniteMoeAdapter(), GraniteMoeSharedAdapter(), Glm4MoeAdapter(), SarvamMoeAdapter(), Dots1Adapter(),
-    Ernie45MoeAdapter(), HunyuanV1MoeAdapter(), MinimaxM2Adapter(), FlexOlmoAdapter(), GptOssAdapter())
+    Ernie45MoeAdapter(), HunyuanV1MoeAdapter(), MinimaxM2Adapter(), FlexOlmoAdapter(), GptOssAdapter(),
+    DeepseekV2Adapter(), DeepseekV3Adapter(), DeepseekV32Adapter(),
+    Glm4MoeLiteAdapter())
 
 
 def supported_model_types() -> list[str]:

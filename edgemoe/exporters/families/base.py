@@ -117,7 +117,7 @@ def common_arch(cfg: dict, family: str, **kw) -> MoEArch:
     if sliding:
         raise UnsupportedArchitectureError(
             f"layers {sliding} use {cfg['layer_types'][sliding[0]]!r}; edgemoe's layer graphs have "
-            f"full causal attention only (sliding windows are planned with gpt-oss)")
+            f"full causal attention for this family (sliding windows: gpt-oss)")
     base = dict(
         family=family, vocab_size=cfg["vocab_size"], hidden_size=h,
         num_layers=cfg["num_hidden_layers"], num_heads=nh,
