@@ -89,14 +89,13 @@ def _bar(label: str):
 def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, dry_run, overwrite, as_json):
     """Export a Hugging Face MoE checkpoint folder SRC to an .edgemoe package.
 
-    SRC is a checkpoint folder (config.json, *.safetensors sharded or not, fp32/fp16/bf16,
-    optionally tokenizer.json) or a hub id such as Qwen/Qwen3-30B-A3B already in the Hugging Face
-    cache (`huggingface-cli download ID` first; nothing is downloaded here). With --dry-run, a
-    folder holding only config.json is enough: the sizes follow from its shapes.
+    SRC is a checkpoint folder (config.json, *.safetensors sharded or not; fp32, fp16, bf16,
+    block-scaled FP8, gpt-oss's MXFP4 experts; optionally tokenizer.json) or a hub id such as
+    Qwen/Qwen3-30B-A3B already in the Hugging Face cache (`huggingface-cli download ID` first;
+    nothing is downloaded here). With --dry-run, a folder holding only config.json is enough: the
+    sizes follow from its shapes.
 
-    Supported model types: mixtral, qwen2_moe, qwen3_moe, olmoe, phimoe, granitemoe,
-    granitemoeshared, glm4_moe, sarvam_moe, dots1, ernie4_5_moe, hunyuan_v1_moe, minimax_m2,
-    flex_olmo, gpt_oss (its MXFP4 experts are dequantized while streaming).
+    Supported model types: {types}.
     """
     from edgemoe.exporters.export import export as do_export, plan_export
     from edgemoe.quant.dense import DenseQuant, default_dense
@@ -147,6 +146,14 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
     else:
         click.echo(f"wrote {path}")
 
+
+
+def _export_help() -> str:
+    from edgemoe.exporters.families import supported_model_types
+    return export.help.replace("{types}", ", ".join(supported_model_types()))
+
+
+export.help = _export_help()
 
 @main.command()
 @click.argument("package", type=click.Path())

@@ -20,7 +20,9 @@ PUBLISHED = {"baidu--ERNIE-4.5-21B-A3B-PT": (21.8, 3.0), "zai-org--GLM-4.5-Air":
              "tencent--Hunyuan-A13B-Instruct": (80.0, 13.0), "Qwen--Qwen3-30B-A3B": (30.5, 3.3),
              "MiniMaxAI--MiniMax-M2": (230.0, 10.0), "openai--gpt-oss-20b": (21.0, 3.6),
              "rednote-hilab--dots.llm1.inst": (142.0, 14.0), "sarvamai--sarvam-30b": (32.0, 4.5),
-             "allenai--FlexOlmo-7x7B-1T": (33.3, 24.6)}
+             "allenai--FlexOlmo-7x7B-1T": (33.3, 24.6), "deepseek-ai--DeepSeek-V3": (671.0, 37.0),
+             "deepseek-ai--DeepSeek-V2-Lite": (15.7, 2.4), "moonshotai--Moonlight-16B-A3B": (16.0, 3.0),
+             "zai-org--GLM-4.7-Flash": (29.9, 3.3)}
 
 
 def _cache(tmp_path, monkeypatch, repo: str, files: dict[str, Path]) -> Path:
@@ -61,6 +63,8 @@ def test_dry_run_on_a_config_only_flagship_sizes_each_level(name):
     if name == "openai--gpt-oss-20b":      # 12 of 24 layers slide over 128 tokens: a fixed cache
         assert s["kv_window_bytes"]["f16"] > 0 and "sliding-window layers" in text.output
         assert s["kv_bytes_per_token"]["f16"] == 12 * 2 * 8 * 64 * 2
+    if name == "deepseek-ai--DeepSeek-V3":   # the latent cache: (512 + 64) values x 61 layers x 2 bytes
+        assert s["kv_bytes_per_token"]["f16"] == 576 * 61 * 2
 
 
 def test_a_real_export_of_a_config_only_folder_is_refused(tmp_path):
