@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -85,8 +87,15 @@ def _bar(label: str):
                    "[default: int8; float32 with --experts float32]")
 @click.option("--dry-run", is_flag=True, help="print the planned files and sizes; write nothing")
 @click.option("--overwrite", is_flag=True, help="replace an existing package at -o")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=None,
+              help="layers exported at once, one process each (about one layer of source weights "
+                   "in memory per job)  [default: the CPU cores]")
+@click.option("--resume", is_flag=True,
+              help="continue an interrupted export into the same -o: the layers it finished are "
+                   "checked (length, sha256) and kept, the rest redone")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
-def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, dry_run, overwrite, as_json):
+def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, dry_run, overwrite,
+           jobs, resume, as_json):
     """Export a Hugging Face MoE checkpoint folder SRC to an .edgemoe package.
 
     SRC is a checkpoint folder (config.json, *.safetensors sharded or not; fp32, fp16, bf16,
@@ -139,8 +148,16 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
             click.echo(f"  {_size(plan.kv_window_bytes('f16')):>10}  KV cache of the {len(a.sliding_layers)} "
                        f"sliding-window layers ({a.sliding_window} tokens), fixed (f16)")
         return
-    path = do_export(src, out, spec, overwrite=overwrite,
-                     progress=None if as_json else _bar("exporting"), dense=dense)
+    jobs = jobs or os.cpu_count() or 1
+    try:
+        path = do_export(src, out, spec, overwrite=overwrite, progress=None if as_json else _bar("exporting"),
+                         dense=dense, jobs=jobs, resume=resume)
+    except KeyboardInterrupt:
+        partial = Path(out).with_name(Path(out).name + ".partial")
+        if partial.exists():
+            click.echo(f"interrupted; the finished layers are kept in {partial}: run the same command "
+                       f"with --resume to continue", err=True)
+        raise
     if as_json:
         click.echo(json.dumps({"package": str(path)}))
     else:

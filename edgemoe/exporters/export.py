@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,7 @@ class ExportPlan:
     config_only: bool = False    # planned from config.json alone (no weights in the folder)
     params: tuple[int, int] = (0, 0)   # (total, active per token) parameters of the checkpoint
     hub_id: str | None = None    # the hub id the source was resolved from (its cached snapshot)
+    source_fingerprint: str = ""  # Checkpoint.fingerprint(): config.json and the shards' headers
 
     @property
     def total_bytes(self) -> int:
@@ -118,6 +120,7 @@ def plan_export(src, quant: QuantSpec, dense: DenseQuant | None = None,
     wmap.check_complete(wmap.planned_names())
     plan = ExportPlan(Path(src), adapter.name, arch, quant, config_only=config_only)
     plan.params = parameter_counts(ckpt, arch)
+    plan.source_fingerprint = ckpt.fingerprint()
     plan.hub_id = str(given) if src != Path(given).expanduser() else None
     layout = record_layout(arch.expert_matrices(), quant, arch.expert_biases())
     g = adapter.global_names(arch)
@@ -190,7 +193,8 @@ def _check_tokenizer(path: Path):
 
 
 def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
-           progress: Progress | None = None, dense: DenseQuant | None = None) -> Path:
+           progress: Progress | None = None, dense: DenseQuant | None = None, jobs: int = 1,
+           resume: bool = False, stats: dict | None = None) -> Path:
     """Export checkpoint folder ``src`` into package folder ``out``; returns ``out``.
 
     Parameters
@@ -205,6 +209,12 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         twice the decode speed on realistic shapes), int4 (attention and LM head at 4 bits) or
         float32 (``FLOAT32``: exact; the default when ``quant`` is float32); see
         ``edgemoe.quant.dense``
+    jobs : layers exported at once, each in its own process (``exporters.layer_jobs``); memory
+        per job is about one layer of source weights
+    resume : continue the export an interrupt left in ``out.partial``: layers its journal lists
+        are verified (length and sha256 of each file) and kept, the rest redone; the records come
+        out byte-identical to an uninterrupted export's
+    stats : a dict to fill with ``layers_resumed`` and (``jobs`` > 1) ``job_peak_rss`` bytes
     """
     quant = quant or QuantSpec()
     dense = dense or default_dense(quant)
@@ -220,25 +230,42 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         done[0] += n
         if progress:
             progress(stage, done[0], total)
-    with PackageWriter(out, overwrite=overwrite) as w:
+    with PackageWriter(out, overwrite=overwrite, resume=resume) as w:
+        journal = _start_journal(w, plan, dense, resume)
+        _check_disk(w, plan, journal)
         # Each dense graph streams its weights into its .data file as it is built. The embedding
         # and the LM head are copied from the checkpoint in row blocks, never held whole; both are
         # resolved (and their shapes checked) here, before any layer is exported.
         embed, head = wmap.embed_rows(), wmap.head_weights()
         w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data, dense))
         tick("embed")
-        layer_paths, expert_entries = {kv: [] for kv in KV_DTYPES_F32_FIRST}, []
-        for i in range(arch.num_layers):
-            lw = wmap.layer_weights(i)
-            rels = {kv: C.layer_graph_path(i, kv) for kv in KV_DTYPES_F32_FIRST}
-            for kv, rel in rels.items():
-                layer_paths[kv].append(rel)
-            w.write_graph_variants(rels, lambda data, kv, i=i, lw=lw: layer_graph(arch, i, lw, data, dense, kv))
-            del lw
-            tick(f"layer {i}")
-            if arch.is_moe_layer(i):
-                expert_entries.append(_write_experts(w, wmap, arch, layout, quant, i,
-                                                     lambda e, i=i: tick(f"layer {i} expert {e}")))
+        layer_paths = {kv: [C.layer_graph_path(i, kv) for i in range(arch.num_layers)]
+                       for kv in KV_DTYPES_F32_FIRST}
+        done_layers = journal["layers"]
+        for i, entry in sorted(done_layers.items()):     # resumed: finished layers, verified
+            w.adopt(entry["files"])
+            wmap.used.update(entry["used"])
+            tick(f"layer {i} (resumed)", 1 + (arch.num_experts if arch.is_moe_layer(i) else 0))
+        todo = [i for i in range(arch.num_layers) if i not in done_layers]
+        if stats is not None:
+            stats["layers_resumed"] = arch.num_layers - len(todo)
+
+        def finished(i: int, result: dict):
+            """A layer's files are on disk and hashed: journal it (an interrupt from here on keeps it)."""
+            w.adopt(result["files"])
+            wmap.used.update(result["used"])
+            done_layers[i] = result
+            w.save_journal(journal)
+        if jobs > 1 and len(todo) > 1:
+            from edgemoe.exporters.layer_jobs import export_layers_in_parallel
+            peak = export_layers_in_parallel(w.stage, plan, dense, todo, jobs, finished, tick)
+            if stats is not None:
+                stats["job_peak_rss"] = peak
+        else:
+            for i in todo:
+                finished(i, export_layer(PackageWriter.attach(w.stage), wmap, arch, layout, quant, dense, i,
+                                         lambda stage: tick(stage)))
+        expert_entries = [done_layers[i]["experts"] for i in arch.moe_layers]
         w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data, dense))
         del embed, head
         wmap.check_complete()
@@ -260,7 +287,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
                            "source": {"path": str(Path(src).resolve()),
                                       **({"hub_id": plan.hub_id} if plan.hub_id else {}),
                                       "model_type": ckpt.config.get("model_type"),
-                                      "fingerprint_sha256": ckpt.fingerprint()},
+                                      "fingerprint_sha256": plan.source_fingerprint},
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
             C.K_ARCH: arch.to_dict(),
             C.K_QUANT: quant.to_dict(),
@@ -280,6 +307,70 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
 
 # the f32 graph of a layer is built first: it names and writes the weights file the others share
 KV_DTYPES_F32_FIRST = ("f32", *(kv for kv in KV_DTYPES if kv != "f32"))
+
+
+def plan_fingerprint(plan: ExportPlan, dense: DenseQuant) -> str:
+    """What a resumed export must share with the interrupted one: source, arch, quant, dense, edgemoe."""
+    import hashlib
+    key = json.dumps([plan.source_fingerprint, plan.arch.to_dict(), plan.quant.to_dict(), dense.to_dict(),
+                      __version__], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _start_journal(w: PackageWriter, plan: ExportPlan, dense: DenseQuant, resume: bool) -> dict:
+    """The journal of finished layers: a fresh one, or (resume) the interrupted export's with its
+    layers whose files no longer verify dropped (they are redone)."""
+    fp = plan_fingerprint(plan, dense)
+    if not w.resumed:
+        if resume:
+            print(f"note: nothing to resume at {w.stage}; exporting from the start", file=sys.stderr)
+        journal = {"plan": fp, "layers": {}}
+        w.save_journal(journal)
+        return journal
+    journal = w.journal()
+    if journal.get("plan") != fp:
+        raise EdgeMoEError(f"{w.stage} was left by an export of another checkpoint or with other settings; "
+                           f"rerun without --resume to start over (it is then removed)")
+    layers = {int(i): e for i, e in (journal.get("layers") or {}).items()}
+    journal["layers"] = {i: e for i, e in layers.items() if w.verified({**e["files"], **e["records"]})}
+    redo = sorted(set(layers) - set(journal["layers"]))
+    print(f"resuming: {len(journal['layers'])} of {plan.arch.num_layers} layers verified and kept"
+          + (f"; layers {redo} failed verification and are redone" if redo else ""), file=sys.stderr)
+    w.save_journal(journal)
+    return journal
+
+
+def _check_disk(w: PackageWriter, plan: ExportPlan, journal: dict):
+    """Refuse to start an export that cannot fit: the plan's bytes (less what a resumed export
+    already holds) against the free space of the output's file system."""
+    import shutil
+    held = sum(f[C.K_LENGTH] for e in journal["layers"].values()
+               for f in (*e["files"].values(), *e["records"].values()))
+    need = plan.total_bytes - held
+    free = shutil.disk_usage(w.stage).free
+    if need > free:
+        raise EdgeMoEError(f"the package needs about {need / 2**30:.2f} GiB more and {w.stage.parent} has "
+                           f"{free / 2**30:.2f} GiB free; free some space or export elsewhere (-o)")
+
+
+def export_layer(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant: QuantSpec,
+                 dense: DenseQuant, i: int, tick=lambda stage: None) -> dict:
+    """Layer i's graphs (one per KV type, one weights file) and, for a MoE layer, its record file
+    and expert graphs, through ``w`` (a fresh writer: its files are this layer's). Returns the
+    journal entry: files (length, sha256; the manifest lists them), the record file (length,
+    sha256: for the journal only), the experts' manifest entry, the source tensors read."""
+    used0 = set(wmap.used)
+    lw = wmap.layer_weights(i)
+    rels = {kv: C.layer_graph_path(i, kv) for kv in KV_DTYPES_F32_FIRST}
+    w.write_graph_variants(rels, lambda data, kv: layer_graph(arch, i, lw, data, dense, kv))
+    del lw
+    tick(f"layer {i}")
+    entry, records = None, {}
+    if arch.is_moe_layer(i):
+        entry = _write_experts(w, wmap, arch, layout, quant, i, lambda e: tick(f"layer {i} expert {e}"))
+        w._register(entry[C.K_FILE])        # hashed for the journal only: the manifest checks
+        records = {entry[C.K_FILE]: w.files.pop(entry[C.K_FILE])}   # records per expert chunk
+    return {"files": dict(w.files), "records": records, "experts": entry, "used": sorted(wmap.used - used0)}
 
 
 def _write_experts(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant: QuantSpec,

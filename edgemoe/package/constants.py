@@ -10,6 +10,7 @@ FORMAT_VERSION = "2.2"          # major.minor; readers refuse another major
 #      graphs may hold router_selection_bias / moe_out_norm. 2.0/2.1 readers refuse 2.2 arch keys.
 MANIFEST = "manifest.yaml"
 PARTIAL_SUFFIX = ".partial"     # staging folder while an export is being written
+JOURNAL = "export-journal.yaml"  # in the staging folder: the layers finished so far (--resume)
 
 # top-level manifest keys
 K_FORMAT = "format"

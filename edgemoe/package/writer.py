@@ -1,6 +1,8 @@
 """Write a package atomically: everything goes to ``NAME.edgemoe.partial/`` and is renamed into place
 only after the manifest (written last) is on disk. An interrupted export leaves no folder that looks
-like a package; a failed one removes its staging folder.
+like a package. Its staging folder keeps a journal of the layers finished (their files' lengths and
+sha256), so ``resume`` picks it up and redoes only the rest (a hard kill leaves the same); a failed
+export (an error, or an interrupt before any layer finished) removes the staging folder.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class RecordFileWriter:
 class PackageWriter:
     """Stage files of a package, then ``commit(manifest)``. Use as a context manager."""
 
-    def __init__(self, out, overwrite: bool = False):
+    def __init__(self, out, overwrite: bool = False, resume: bool = False):
         self.out = Path(out)
         # a folder that is not a package is never replaced, so check that before suggesting --overwrite
         if self.out.exists() and not (self.out / C.MANIFEST).exists():
@@ -62,20 +64,58 @@ class PackageWriter:
             raise PackageError(f"{self.out} already exists; pass --overwrite to replace it or choose "
                                f"another output path")
         self.stage = self.out.with_name(self.out.name + C.PARTIAL_SUFFIX)
+        self.resumed = resume and (self.stage / C.JOURNAL).exists()
         try:
-            if self.stage.exists():  # left by an interrupted export
+            if self.stage.exists() and not self.resumed:  # left by an interrupted export
                 shutil.rmtree(self.stage)
-            self.stage.mkdir(parents=True)
+            self.stage.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise PackageError(f"cannot write to {self.out.parent}: {e.strerror}; choose a writable "
                                f"output path") from e
         self.files: dict[str, dict] = {}
 
+    @classmethod
+    def attach(cls, stage) -> "PackageWriter":
+        """A writer into an existing staging folder (a parallel export's worker): it writes and
+        hashes files; the main process journals, commits or aborts."""
+        w = cls.__new__(cls)
+        w.stage, w.out, w.resumed, w.files = Path(stage), None, False, {}
+        return w
+
+    # ---- the journal of finished layers (resume) ----
+    def journal(self) -> dict:
+        p = self.stage / C.JOURNAL
+        return yaml.safe_load(p.read_text()) if p.exists() else {}
+
+    def save_journal(self, journal: dict):
+        """Atomically (write, fsync, rename): an interrupt leaves the old journal or the new one."""
+        tmp = self.stage / (C.JOURNAL + ".tmp")
+        with open(tmp, "w") as f:
+            yaml.safe_dump(journal, f, sort_keys=False, width=120)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.stage / C.JOURNAL)
+
+    def verified(self, files: dict[str, dict]) -> bool:
+        """Whether every file of a journal entry is in the staging folder with its length and sha256."""
+        for rel, entry in files.items():
+            p = self.stage / rel
+            if not p.exists() or p.stat().st_size != entry[C.K_LENGTH] or sha256_file(p) != entry[C.K_SHA256]:
+                return False
+        return True
+
+    def adopt(self, files: dict[str, dict]):
+        """Take files written (and hashed) elsewhere: by a worker, or by the run being resumed."""
+        self.files.update(files)
+
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
+        # an interrupt keeps the finished layers for --resume; an error (the input needs fixing)
+        # or an interrupt before any layer finished leaves nothing
+        if exc_type is not None and not (issubclass(exc_type, KeyboardInterrupt)
+                                         and self.journal().get("layers")):
             self.abort()
         return False
 
@@ -162,6 +202,7 @@ class PackageWriter:
 
     def commit(self, manifest: dict) -> Path:
         """Write the manifest last, fsync, and move the staged folder into place."""
+        (self.stage / C.JOURNAL).unlink(missing_ok=True)
         self.write_manifest(manifest)
         old = None
         if self.out.exists():

@@ -1,5 +1,6 @@
-"""An interrupted export leaves no package that looks complete; --overwrite replaces a package (and
-only a package); a later export after a crash succeeds."""
+"""An interrupted export leaves no package that looks complete (its finished layers stay in the
+staging folder for --resume); --overwrite replaces a package (and only a package); a later export
+after a crash succeeds."""
 from __future__ import annotations
 
 import pytest
@@ -44,30 +45,40 @@ def _no_staging(out):
     return not out.with_name(out.name + C.PARTIAL_SUFFIX).exists()
 
 
+def _resumable(out):
+    """The staging folder of an interrupted export: a journal of finished layers, no manifest."""
+    stage = out.with_name(out.name + C.PARTIAL_SUFFIX)
+    return (stage / C.JOURNAL).exists() and not (stage / C.MANIFEST).exists()
+
+
 @pytest.mark.parametrize("name, n", [("_write_experts", 2),   # second MoE layer
                                      ("encode_record", 6)])   # second layer's 2nd expert
-def test_interrupted_export_leaves_nothing(src, tmp_path, monkeypatch, name, n):
+def test_interrupted_export_leaves_no_package(src, tmp_path, monkeypatch, name, n):
     out = tmp_path / "pkg.edgemoe"
     calls = _interrupt_on_call(monkeypatch, name, n)
     with pytest.raises(KeyboardInterrupt):
         export(src, out, QuantSpec())
     assert len(calls) == n                      # it really died mid-export
     assert not out.exists()
-    assert _no_staging(out)
-    with pytest.raises(PackageError, match="not an edgemoe package"):
+    assert _resumable(out)                      # layer 0 finished: kept for --resume
+    with pytest.raises(PackageError, match="interrupted"):
         Package(out)
     monkeypatch.undo()
-    export(src, out, QuantSpec())               # a later export succeeds
-    assert Package(out).verify() > 0
+    export(src, out, QuantSpec())               # a later export (without --resume) starts over
+    assert Package(out).verify() > 0 and _no_staging(out)
 
 
 def test_cli_interrupt_exits_130_without_package(src, tmp_path, monkeypatch):
     out = tmp_path / "pkg.edgemoe"
     _interrupt_on_call(monkeypatch, "_write_experts", 2)
-    result = CliRunner().invoke(main, ["export", str(src), "-o", str(out), "--json"])
+    result = CliRunner().invoke(main, ["export", str(src), "-o", str(out), "--json", "--jobs", "1"])
     assert result.exit_code == 130
-    assert "Traceback" not in result.output
-    assert not out.exists() and _no_staging(out)
+    assert "Traceback" not in result.output and "--resume" in result.output
+    assert not out.exists() and _resumable(out)
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["export", str(src), "-o", str(out), "--json", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert Package(out).verify() > 0 and _no_staging(out)
 
 
 def test_killed_export_staging_is_not_a_package_and_is_replaced(src, tmp_path):
@@ -116,7 +127,7 @@ def test_failed_overwrite_keeps_the_old_package(src, tmp_path, monkeypatch):
     pkg = Package(out)
     assert pkg.quant.ladder == (4, 8)
     assert pkg.verify() > 0
-    assert _no_staging(out)
+    assert _resumable(out)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
