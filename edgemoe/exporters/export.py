@@ -224,12 +224,20 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     layout = record_layout(arch.expert_matrices(), quant, arch.expert_biases())
     # progress units: embed, each layer's dense graph, each expert, head + manifest
     total = 2 + arch.num_layers + len(arch.moe_layers) * arch.num_experts
-    done = [0]
+    done, written, sizes = [0], [0], dict(plan.files)
 
-    def tick(stage: str, n: int = 1):
+    def layer_bytes(i: int) -> int:
+        """The plan's bytes of layer i: its graph and, for a MoE layer, its records."""
+        return sizes[C.layer_graph_path(i)] + (arch.num_experts * layout.length if arch.is_moe_layer(i) else 0)
+
+    def tick(stage: str, n: int = 1, nbytes: int = 0):
+        """Progress in units (embed, layers, experts, head) and, in the label, planned bytes done."""
         done[0] += n
+        written[0] += nbytes
         if progress:
-            progress(stage, done[0], total)
+            unit, shift = ("GiB", 30) if plan.total_bytes >= 1 << 30 else ("MiB", 20)
+            progress(f"{stage} ({written[0] / (1 << shift):.2f} of {plan.total_bytes / (1 << shift):.2f} {unit})",
+                     done[0], total)
     with PackageWriter(out, overwrite=overwrite, resume=resume) as w:
         journal = _start_journal(w, plan, dense, resume)
         _check_disk(w, plan, journal)
@@ -238,14 +246,14 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         # resolved (and their shapes checked) here, before any layer is exported.
         embed, head = wmap.embed_rows(), wmap.head_weights()
         w.write_graph(C.GRAPHS_DIR + "/embed.onnx", lambda data: embed_graph(arch, embed, data, dense))
-        tick("embed")
+        tick("embed", nbytes=sizes[C.GRAPHS_DIR + "/embed.onnx"])
         layer_paths = {kv: [C.layer_graph_path(i, kv) for i in range(arch.num_layers)]
                        for kv in KV_DTYPES_F32_FIRST}
         done_layers = journal["layers"]
         for i, entry in sorted(done_layers.items()):     # resumed: finished layers, verified
             w.adopt(entry["files"])
             wmap.used.update(entry["used"])
-            tick(f"layer {i} (resumed)", 1 + (arch.num_experts if arch.is_moe_layer(i) else 0))
+            tick(f"layer {i} (resumed)", 1 + (arch.num_experts if arch.is_moe_layer(i) else 0), layer_bytes(i))
         todo = [i for i in range(arch.num_layers) if i not in done_layers]
         if stats is not None:
             stats["layers_resumed"] = arch.num_layers - len(todo)
@@ -258,13 +266,15 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
             w.save_journal(journal)
         if jobs > 1 and len(todo) > 1:
             from edgemoe.exporters.layer_jobs import export_layers_in_parallel
-            peak = export_layers_in_parallel(w.stage, plan, dense, todo, jobs, finished, tick)
+            peak = export_layers_in_parallel(w.stage, plan, dense, todo, jobs, finished,
+                                             lambda stage, n, i: tick(stage, n, layer_bytes(i)))
             if stats is not None:
                 stats["job_peak_rss"] = peak
         else:
             for i in todo:
                 finished(i, export_layer(PackageWriter.attach(w.stage), wmap, arch, layout, quant, dense, i,
-                                         lambda stage: tick(stage)))
+                                         lambda stage, i=i: tick(stage, nbytes=layout.length if "expert" in stage
+                                                                 else sizes[C.layer_graph_path(i)])))
         expert_entries = [done_layers[i]["experts"] for i in arch.moe_layers]
         w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data, dense))
         del embed, head
@@ -301,7 +311,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         scales = calibrate_kv_scales(w.write_manifest(manifest))
         w.write_bytes(C.KV_SCALES_FILE, scales)
         manifest[C.K_KV_SCALES] = C.KV_SCALES_FILE
-        tick("manifest")
+        tick("head and manifest", nbytes=sizes[C.GRAPHS_DIR + "/head.onnx"])
         return w.commit(manifest)
 
 
