@@ -1,6 +1,6 @@
 """Every supported family: parity on its tiny random model, and the flagship checkpoints' sizes.
 
-    python benchmarks/families.py parity [--seeds 3] [--json bench_out/families_parity.json]
+    python benchmarks/families.py parity [--seeds 3] [--families a,b] [--json bench_out/families_parity.json]
     python benchmarks/families.py sizes  [--json bench_out/families_sizes.json]
 
 ``parity``: per family (tests/tiny_models.py) and seed, the unquantized package's largest logits
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIPS = ROOT / "benchmarks" / "flagship_configs"
 
 
-def parity(seeds: int) -> list[dict]:
+def parity(seeds: int, only: list[str] | None = None) -> list[dict]:
     import numpy as np
     import torch
 
@@ -35,7 +35,7 @@ def parity(seeds: int) -> list[dict]:
     from edgemoe.runtime.engine import Runtime
 
     rows = []
-    for fam in sorted(tiny_models.FAMILIES):
+    for fam in sorted(only or tiny_models.FAMILIES):
         for seed in range(seeds):
             with tempfile.TemporaryDirectory() as tmp:
                 d = Path(tmp)
@@ -98,9 +98,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=["parity", "sizes"])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--families", default=None, help="comma-separated (parity; default every family)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    rows = parity(args.seeds) if args.what == "parity" else sizes()
+    rows = parity(args.seeds, args.families and args.families.split(",")) if args.what == "parity" else sizes()
     out = args.json or ROOT / "bench_out" / f"families_{args.what}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
