@@ -32,6 +32,21 @@ def _prompt(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
+NEAR_TIE = 0.05      # nats
+
+
+def _near_tie(choice: dict, other: str) -> bool:
+    """Whether text ``other`` leaves ``choice``'s greedy tokens at a position where another of
+    its top tokens, the one ``other`` continues with, was within NEAR_TIE of the chosen one."""
+    lp = choice["logprobs"]
+    for tok, chosen, top, off in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], lp["text_offset"]):
+        if other[off:].startswith(tok):
+            continue
+        return any(t != tok and other[off:].startswith(t) and v >= chosen - NEAR_TIE
+                   for t, v in top.items())
+    return False
+
+
 def _post(url, body, timeout=120):
     return request(url, "POST", "/v1/completions", body)
 
@@ -109,10 +124,17 @@ def test_32_concurrent_clients(server):
     peak = m["edgemoe:process_peak_resident_bytes"] - m["edgemoe:process_baseline_bytes"]
     assert peak <= 1.1 * m["edgemoe:budget_bytes"], (peak, m["edgemoe:budget_bytes"])
 
-    # each answered request, served again alone (one at a time), gives the same text
+    # each answered request, served again alone (one at a time), gives the same text, except where
+    # greedy decoding stood at a near tie: the batch's other rows change the kernels' rounding
+    # (1e-6), which can flip a choice whose two best tokens are that close; such a divergence must
+    # start at a token the alone run ranks within NEAR_TIE nats of its own choice
+    flips = 0
     for i, r in results.items():
         if r[0] in ("ok", "busy"):
-            alone = _post(server.url, {**jobs[i], "stream": False})
+            alone = _post(server.url, {**jobs[i], "stream": False, "logprobs": 5})
             assert alone.status_code == 200
-            if r[0] == "ok":
-                assert alone.json()["choices"][0]["text"] == r[1], i
+            choice = alone.json()["choices"][0]
+            if r[0] == "ok" and choice["text"] != r[1]:
+                assert _near_tie(choice, r[1]), (i, choice["text"], r[1])
+                flips += 1
+    assert flips <= 2, flips

@@ -2,10 +2,9 @@
 run shows exactly the numbers the board would compute; ``prepare`` writes the HLS project."""
 from __future__ import annotations
 
-from edgemoe.backends.base import require_plain_swiglu
-
 from pathlib import Path
 
+from edgemoe.backends.base import require_plain_swiglu
 from edgemoe.backends.hls.int_path import expert_int
 from edgemoe.quant.record import record_views
 
