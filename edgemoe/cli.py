@@ -115,17 +115,8 @@ def export(src, out, ladder, group_size, scale_dtype, expert_mode, dense_dtype, 
     dense = DenseQuant(dense_dtype, group_size) if dense_dtype else default_dense(spec)
     if dry_run:
         plan, _, _ = plan_export(src, spec, dense, allow_config_only=True)
-        a = plan.arch
-        levels = {b: {"expert_bytes": plan.level_bytes(b), "package_bytes": plan.fixed_bytes + plan.level_bytes(b)}
-                  for b in spec.ladder}
-        summary = {"family": plan.family, "config_only": plan.config_only,
-                   "params_total": plan.params[0], "params_active": plan.params[1],
-                   "files": [{"path": p, "bytes": n} for p, n in plan.files],
-                   "total_bytes": plan.total_bytes, "fixed_bytes": plan.fixed_bytes,
-                   "kv_bytes_per_token": {kv: plan.kv_bytes_per_token(kv) for kv in ("f16", "int8")},
-                   "kv_window_bytes": {kv: plan.kv_window_bytes(kv) for kv in ("f16", "int8")},
-                   "expert_bytes_per_level": {b: v["expert_bytes"] for b, v in levels.items()},
-                   "levels": levels}
+        a, summary = plan.arch, plan.summary()
+        levels = summary["levels"]
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return

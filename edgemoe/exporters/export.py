@@ -25,8 +25,7 @@ from edgemoe.exporters.dense_graphs import embed_graph, head_graph, layer_graph
 from edgemoe.exporters.families import adapter_for
 from edgemoe.exporters.weight_map import WeightMap
 from edgemoe.package import constants as C
-from edgemoe.backends.reference.backend import act_of
-from edgemoe.package.expert_graph import expert_graph
+from edgemoe.package.expert_graph import act_of, expert_graph
 from edgemoe.package.graph_io import KV_DTYPES
 from edgemoe.package.writer import PackageWriter
 from edgemoe.quant.dense import DenseQuant, default_dense
@@ -59,6 +58,21 @@ class ExportPlan:
     def fixed_bytes(self) -> int:
         """The dense graphs (embedding, layers, head) and tokenizer files: what every level holds."""
         return sum(n for p, n in self.files if not p.endswith(C.RECORD_FILE))
+
+    def summary(self) -> dict:
+        """What ``export --dry-run --json`` prints: parameters, files, the fixed part, the resident
+        size per level, KV bytes per token (and the sliding layers' fixed KV)."""
+        levels = {b: {"expert_bytes": self.level_bytes(b), "package_bytes": self.fixed_bytes + self.level_bytes(b)}
+                  for b in self.quant.ladder}
+        kvs = ("f16", "int8")
+        return {"family": self.family, "config_only": self.config_only,
+                "params_total": self.params[0], "params_active": self.params[1],
+                "files": [{"path": p, "bytes": n} for p, n in self.files],
+                "total_bytes": self.total_bytes, "fixed_bytes": self.fixed_bytes,
+                "kv_bytes_per_token": {kv: self.kv_bytes_per_token(kv) for kv in kvs},
+                "kv_window_bytes": {kv: self.kv_window_bytes(kv) for kv in kvs},
+                "expert_bytes_per_level": {b: v["expert_bytes"] for b, v in levels.items()},
+                "levels": levels}
 
     def kv_bytes_per_token(self, kv: str = "f16") -> int:
         """KV bytes per token of context in the full-attention layers (sliding ones are fixed)."""
@@ -226,10 +240,6 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
     total = 2 + arch.num_layers + len(arch.moe_layers) * arch.num_experts
     done, written, sizes = [0], [0], dict(plan.files)
 
-    def layer_bytes(i: int) -> int:
-        """The plan's bytes of layer i: its graph and, for a MoE layer, its records."""
-        return sizes[C.layer_graph_path(i)] + (arch.num_experts * layout.length if arch.is_moe_layer(i) else 0)
-
     def tick(stage: str, n: int = 1, nbytes: int = 0):
         """Progress in units (embed, layers, experts, head) and, in the label, planned bytes done."""
         done[0] += n
@@ -253,7 +263,7 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         for i, entry in sorted(done_layers.items()):     # resumed: finished layers, verified
             w.adopt(entry["files"])
             wmap.used.update(entry["used"])
-            tick(f"layer {i} (resumed)", 1 + (arch.num_experts if arch.is_moe_layer(i) else 0), layer_bytes(i))
+            tick(f"layer {i} (resumed)", 1 + (arch.num_experts if arch.is_moe_layer(i) else 0), entry_bytes(entry))
         todo = [i for i in range(arch.num_layers) if i not in done_layers]
         if stats is not None:
             stats["layers_resumed"] = arch.num_layers - len(todo)
@@ -267,14 +277,13 @@ def export(src, out, quant: QuantSpec | None = None, overwrite: bool = False,
         if jobs > 1 and len(todo) > 1:
             from edgemoe.exporters.layer_jobs import export_layers_in_parallel
             peak = export_layers_in_parallel(w.stage, plan, dense, todo, jobs, finished,
-                                             lambda stage, n, i: tick(stage, n, layer_bytes(i)))
+                                             tick)
             if stats is not None:
                 stats["job_peak_rss"] = peak
         else:
             for i in todo:
                 finished(i, export_layer(PackageWriter.attach(w.stage), wmap, arch, layout, quant, dense, i,
-                                         lambda stage, i=i: tick(stage, nbytes=layout.length if "expert" in stage
-                                                                 else sizes[C.layer_graph_path(i)])))
+                                         lambda stage, nbytes: tick(stage, nbytes=nbytes)))
         expert_entries = [done_layers[i]["experts"] for i in arch.moe_layers]
         w.write_graph(C.GRAPHS_DIR + "/head.onnx", lambda data: head_graph(arch, head, data, dense))
         del embed, head
@@ -354,8 +363,7 @@ def _check_disk(w: PackageWriter, plan: ExportPlan, journal: dict):
     """Refuse to start an export that cannot fit: the plan's bytes (less what a resumed export
     already holds) against the free space of the output's file system."""
     import shutil
-    held = sum(f[C.K_LENGTH] for e in journal["layers"].values()
-               for f in (*e["files"].values(), *e["records"].values()))
+    held = sum(entry_bytes(e) for e in journal["layers"].values())
     need = plan.total_bytes - held
     free = shutil.disk_usage(w.stage).free
     if need > free:
@@ -363,8 +371,13 @@ def _check_disk(w: PackageWriter, plan: ExportPlan, journal: dict):
                            f"{free / 2**30:.2f} GiB free; free some space or export elsewhere (-o)")
 
 
+def entry_bytes(entry: dict) -> int:
+    """Bytes a journal entry's files hold (its graphs and its record file)."""
+    return sum(f[C.K_LENGTH] for f in (*entry["files"].values(), *entry["records"].values()))
+
+
 def export_layer(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant: QuantSpec,
-                 dense: DenseQuant, i: int, tick=lambda stage: None) -> dict:
+                 dense: DenseQuant, i: int, tick=lambda stage, nbytes: None) -> dict:
     """Layer i's graphs (one per KV type, one weights file) and, for a MoE layer, its record file
     and expert graphs, through ``w`` (a fresh writer: its files are this layer's). Returns the
     journal entry: files (length, sha256; the manifest lists them), the record file (length,
@@ -374,10 +387,10 @@ def export_layer(w: PackageWriter, wmap: WeightMap, arch: MoEArch, layout, quant
     rels = {kv: C.layer_graph_path(i, kv) for kv in KV_DTYPES_F32_FIRST}
     w.write_graph_variants(rels, lambda data, kv: layer_graph(arch, i, lw, data, dense, kv))
     del lw
-    tick(f"layer {i}")
+    tick(f"layer {i}", sum(f[C.K_LENGTH] for f in w.files.values()))
     entry, records = None, {}
     if arch.is_moe_layer(i):
-        entry = _write_experts(w, wmap, arch, layout, quant, i, lambda e: tick(f"layer {i} expert {e}"))
+        entry = _write_experts(w, wmap, arch, layout, quant, i, lambda e: tick(f"layer {i} expert {e}", layout.length))
         w._register(entry[C.K_FILE])        # hashed for the journal only: the manifest checks
         records = {entry[C.K_FILE]: w.files.pop(entry[C.K_FILE])}   # records per expert chunk
     return {"files": dict(w.files), "records": records, "experts": entry, "used": sorted(wmap.used - used0)}

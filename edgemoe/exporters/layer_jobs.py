@@ -42,7 +42,8 @@ def _layer(i: int) -> tuple[int, dict, int]:
 
 def export_layers_in_parallel(stage: Path, plan, dense, layers: list[int], jobs: int, finished, tick):
     """Layers ``layers`` over ``jobs`` processes; ``finished(i, result)`` as each completes (in
-    completion order), ``tick(stage, units, layer)`` for the progress. Returns the workers' peak RSS."""
+    completion order), ``tick(stage, units, bytes)`` for the progress. Returns the workers' peak RSS."""
+    from edgemoe.exporters.export import entry_bytes
     a = plan.arch
     peak = 0
     # fork (Linux): no re-import of the caller's __main__ (spawn needs scripts to guard it); the
@@ -59,7 +60,7 @@ def export_layers_in_parallel(stage: Path, plan, dense, layers: list[int], jobs:
                     i, result, rss = f.result()
                     peak = max(peak, rss)
                     finished(i, result)
-                    tick(f"layer {i}", 1 + (a.num_experts if a.is_moe_layer(i) else 0), i)
+                    tick(f"layer {i}", 1 + (a.num_experts if a.is_moe_layer(i) else 0), entry_bytes(result))
         except BaseException:
             for f in pending:
                 f.cancel()

@@ -155,7 +155,7 @@ class WeightMap:
                 raise CheckpointError(f"the router's selection bias has {b.size} values for "
                                       f"{a.num_experts} experts; the config and weights disagree")
             w["router_selection_bias"] = b.reshape(a.num_experts).astype(np.float32)
-        if self.adapter.interleaved_rope:
+        if self.adapter.rope_interleaved(self.ckpt.config):
             w = interleaved_latent_to_half(w, a) if a.attention == "mla" else interleaved_to_half(w, a)
         return w
 

@@ -25,6 +25,13 @@ from edgemoe.package.onnx_util import MS_DOMAIN, GraphBuilder
 from edgemoe.quant.record import RecordLayout
 
 X, Y = "x", "y"
+PLAIN_SWIGLU = ("silu", 1.702, 7.0)   # (activation, alpha, limit): SwiGLU; alpha/limit unused
+
+
+def act_of(arch) -> tuple[str, float, float]:
+    """The expert activation settings of a MoEArch as (activation, alpha, limit) (the plain SwiGLU
+    for None: synthetic records without a model, as the benchmarks and calibration make)."""
+    return PLAIN_SWIGLU if arch is None else (arch.expert_act, arch.swiglu_alpha, arch.swiglu_limit)
 ACCURACY_LEVEL = 4  # onnxruntime MatMulNBits compute type; 4 = int8 activations (the fast path)  # graph input [T, H] float32, output [T, H] float32
 
 
@@ -77,7 +84,7 @@ def offset_term(b: GraphBuilder, x: str, k: int, gs: int, offset: str) -> str:
     return b.op("Gemm", xg, offset, transB=1)
 
 
-def swiglu_graph(name: str, hidden: int, intermediate: int, linear, act=("silu", 1.702, 7.0),
+def swiglu_graph(name: str, hidden: int, intermediate: int, linear, act=PLAIN_SWIGLU,
                  bias=None) -> onnx.ModelProto:
     """The SwiGLU expert ``down(silu(gate x) * up x)`` with gate and up fused as one [2I, H]
     matrix (rows 0:I gate); ``linear(b, x, matrix) -> value`` builds each matrix's product,
@@ -119,7 +126,7 @@ def bias_input(layout: RecordLayout, location: str, base: int):
 
 def expert_graph(layout: RecordLayout, bits: int, location: str, base: int,
                  hidden: int, intermediate: int, name: str = "expert",
-                 act=("silu", 1.702, 7.0)) -> onnx.ModelProto:
+                 act=PLAIN_SWIGLU) -> onnx.ModelProto:
     """Build the SwiGLU expert graph at level ``bits`` over the record at byte ``base`` of ``location``.
 
     Parameters

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgemoe.package.expert_graph import ACCURACY_LEVEL, bias_input, offset_term, swiglu_graph
+from edgemoe.package.expert_graph import (ACCURACY_LEVEL, PLAIN_SWIGLU, bias_input, offset_term,
+                                          swiglu_graph)
 from edgemoe.package.onnx_util import MS_DOMAIN
 from edgemoe.quant.planes import join_planes, pack_plane, unpack_plane
 from edgemoe.quant.record import RecordLayout, slot_array
@@ -52,7 +53,7 @@ def fused_arrays(buf, layout: RecordLayout, bits: int) -> dict[str, np.ndarray]:
 
 
 def fused_graph(layout: RecordLayout, bits: int, hidden: int, intermediate: int,
-                act=("silu", 1.702, 7.0)) -> onnx.ModelProto:
+                act=PLAIN_SWIGLU) -> onnx.ModelProto:
     """The SwiGLU expert at level ``bits`` with one ``MatMulNBits`` per matrix; its initializers
     (``fused_arrays``' names) are external, to be bound with ``add_external_initializers``."""
     gs = layout.spec.group_size

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgemoe.package.expert_graph import PLAIN_SWIGLU, act_of
 from edgemoe.quant.record import decode_record
 
 
@@ -20,16 +21,7 @@ def glu(gu: np.ndarray, act: str = "silu", alpha: float = 1.702, limit: float = 
     return (u + np.float32(1)) * (g / (1 + np.exp(-np.float32(alpha) * g)))
 
 
-PLAIN = ("silu", 1.702, 7.0)
-
-
-def act_of(arch) -> tuple[str, float, float]:
-    """The expert activation settings of a MoEArch, as :func:`glu` takes them (the plain SwiGLU
-    for None: synthetic records without a model, as the benchmarks and calibration make)."""
-    return PLAIN if arch is None else (arch.expert_act, arch.swiglu_alpha, arch.swiglu_limit)
-
-
-def swiglu(x: np.ndarray, gate_up: np.ndarray, down: np.ndarray, act=("silu", 1.702, 7.0),
+def swiglu(x: np.ndarray, gate_up: np.ndarray, down: np.ndarray, act=PLAIN_SWIGLU,
            gate_up_bias: np.ndarray | None = None, down_bias: np.ndarray | None = None) -> np.ndarray:
     """x [T, H], gate_up [2I, H] (rows 0:I gate), down [H, I] (+ biases [2I], [H]) -> [T, H]."""
     gu = x @ gate_up.T

@@ -10,6 +10,7 @@ run in chunks of the largest.
 from __future__ import annotations
 
 from edgemoe.backends.reference.backend import act_of, glu
+from edgemoe.package.expert_graph import PLAIN_SWIGLU
 
 import hashlib
 import os
@@ -227,7 +228,7 @@ class TvmBackend:
         """Bind the kernels of level ``bits`` to zero-copy views of the record prefix ``buf``."""
         return self.bind(self.prepare(pkg), pkg.layout, bits, buf, act_of(getattr(pkg, "arch", None)))
 
-    def bind(self, ks: KernelSet, layout: RecordLayout, bits: int, buf, act=("silu", 1.702, 7.0)) -> dict:
+    def bind(self, ks: KernelSet, layout: RecordLayout, bits: int, buf, act=PLAIN_SWIGLU) -> dict:
         """A runnable expert: ``ks``'s kernels over the views of ``buf`` (one buffer or a list of
         chunk buffers) that level ``bits`` reads. Experts with biases or gpt-oss's clamped
         activation (``act``) run the two matrix kernels and do the rest in numpy between them

@@ -168,6 +168,11 @@ class FamilyAdapter:
     def arch(self, cfg: dict) -> MoEArch:
         raise NotImplementedError
 
+    def rope_interleaved(self, cfg: dict) -> bool:
+        """Whether this config's RoPE pairs dims GPT-J style (``interleaved_rope`` unless the
+        family reads it from the config)."""
+        return self.interleaved_rope
+
     def ignored(self, cfg: dict) -> re.Pattern:
         """Tensors the export skips for this config: buffers, and (``mtp_layers``) the
         multi-token-prediction layers some checkpoints append after the decoder layers."""

@@ -18,8 +18,10 @@ class DeepseekV2Adapter(DeepseekV3Adapter):
                             topk_group=int(cfg.get("topk_group") or 1) if grouped else 1,
                             group_score="max", renormalize=False,
                             scaling=float(cfg.get("routed_scaling_factor", 1.0)))
-        a = super().arch({**cfg, "rope_interleave": True})
-        return replace(a, family=self.name, router=router)
+        return replace(super().arch(cfg), family=self.name, router=router)
+
+    def rope_interleaved(self, cfg):      # complex RoPE: always GPT-J pairs
+        return True
 
     def moe_names(self, arch):
         names = super().moe_names(arch)

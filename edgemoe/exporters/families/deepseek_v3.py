@@ -51,13 +51,15 @@ class DeepseekV3Adapter(FamilyAdapter):
 
     def arch(self, cfg):
         moe_i, bias = cfg["moe_intermediate_size"], bool(cfg.get("attention_bias", False))
-        self.interleaved_rope = bool(cfg.get("rope_interleave", True))
         return common_arch(cfg, self.name, intermediate_size=moe_i, num_experts=num_experts(cfg),
                            top_k=cfg["num_experts_per_tok"], router=deepseek_router(cfg),
                            qkv_bias=bias, o_bias=bias,
                            shared_intermediate_size=moe_i * int(cfg.get("n_shared_experts", 0) or 0),
                            dense_layers=first_dense(cfg), dense_intermediate_size=cfg["intermediate_size"],
                            **mla_fields(cfg))
+
+    def rope_interleaved(self, cfg):
+        return bool(cfg.get("rope_interleave", True))
 
     def mtp_layers(self, cfg):
         return int(cfg.get("num_nextn_predict_layers", 0) or 0)
